@@ -1,0 +1,103 @@
+"""Errors raised by uvicorn-testserver.
+
+Every error the harness raises on purpose derives from `ServerError`::
+
+    ServerError (RuntimeError)
+    ├── ServerStartupError        the server did not become ready
+    │   └── PortInUseError        a fixed port was already taken
+    ├── ServerShutdownError       the server thread would not end
+    ├── ServerExceptionsError     the app raised while serving (raise_server_exceptions)
+    └── ServerStateError          a method was called in the wrong state
+
+Errors that concern a server carry `host`, `port`, `app`, `elapsed` (seconds waited)
+and `log_tail` (the last lines the server logged) as attributes, and their message
+says what happened, where, how long it waited and what to try next. The app's own
+exception, when there is one, is chained as `__cause__`.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Sequence
+
+__all__ = [
+    "PortInUseError",
+    "ServerError",
+    "ServerExceptionsError",
+    "ServerShutdownError",
+    "ServerStartupError",
+    "ServerStateError",
+]
+
+
+class ServerError(RuntimeError):
+    """Base class of every error raised by uvicorn-testserver."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        app: str | None = None,
+        elapsed: float | None = None,
+        log_tail: str = "",
+    ) -> None:
+        if log_tail:
+            message = f"{message}\n--- server log (last lines) ---\n{log_tail}"
+        super().__init__(message)
+        self.host = host
+        self.port = port
+        self.app = app
+        self.elapsed = elapsed
+        self.log_tail = log_tail
+
+
+class ServerStartupError(ServerError):
+    """The server did not become ready: the app failed to load or start, or time ran out."""
+
+
+class PortInUseError(ServerStartupError):
+    """The fixed port asked for is already bound by another socket."""
+
+
+class ServerShutdownError(ServerError):
+    """The server thread did not end within the shutdown timeout, even after a forced exit."""
+
+
+class ServerStateError(ServerError):
+    """A method was called while the server was in a state that does not allow it."""
+
+
+class ServerExceptionsError(ServerError):
+    """The app raised unhandled exceptions while serving requests.
+
+    Raised by `stop()` (and the context managers' exit) once the server has fully
+    stopped, when `raise_server_exceptions` is true. `exceptions` holds them in the
+    order they happened; the first is chained as `__cause__`.
+    """
+
+    def __init__(
+        self,
+        exceptions: Sequence[BaseException],
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        app: str | None = None,
+        log_tail: str = "",
+    ) -> None:
+        self.exceptions = list(exceptions)
+        where = f"http://{host}:{port}" if host is not None else "the server"
+        tracebacks = "\n".join(format_exception(exc) for exc in self.exceptions)
+        count = len(self.exceptions)
+        message = (
+            f"the app {app} raised {count} unhandled exception{'s' if count != 1 else ''} "
+            f"while serving on {where}:\n{tracebacks}\n"
+            "Fix the app, or pass raise_server_exceptions=False if the test provokes these on purpose."
+        )
+        super().__init__(message, host=host, port=port, app=app, log_tail=log_tail)
+
+
+def format_exception(exc: BaseException) -> str:
+    """Return the full traceback of `exc` as text."""
+    return "".join(traceback.format_exception(exc)).rstrip()

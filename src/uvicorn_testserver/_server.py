@@ -1,0 +1,479 @@
+"""`UvicornTestServer`: a real uvicorn server in a daemon thread, for sync and async tests."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import errno
+import http.client
+import logging
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from uvicorn_testserver._errors import (
+    PortInUseError,
+    ServerExceptionsError,
+    ServerShutdownError,
+    ServerStartupError,
+    ServerStateError,
+)
+from uvicorn_testserver._logs import ServerLog, capture_into, install_capture, log_level_lease
+from uvicorn_testserver._uvicorn import AppType, HarnessServer, StartupFailed, check_options, make_config
+
+__all__ = ["LogLevel", "UvicornTestServer"]
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+_LEVELS: dict[str, int] = {
+    "critical": logging.CRITICAL,
+    "error": logging.ERROR,
+    "warning": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "trace": 5,
+}
+# Extra time stop() gives lifespan shutdown after the graceful drain, and a forced exit after that.
+_STOP_MARGIN = 1.0
+_FORCE_GRACE = 1.0
+
+
+@dataclass(eq=False)
+class _Run:
+    """One start() .. stop() of a server: everything that must be released at the end."""
+
+    server: HarnessServer
+    sock: socket.socket
+    cleanup: ExitStack
+    ready: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
+    thread: threading.Thread | None = None
+    loop: asyncio.AbstractEventLoop | None = None
+    task: asyncio.Task[None] | None = None
+    crash: BaseException | None = None
+
+    def cancel(self) -> None:
+        """Cancel the server's main task from another thread (a start that hangs)."""
+        loop, task = self.loop, self.task
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(task.cancel)
+
+
+class UvicornTestServer:
+    """A real uvicorn server on a loopback socket, run in a daemon thread with its own event loop.
+
+    `app` is an ASGI application or an import string such as ``"package.module:app"``.
+    With ``port=0`` (the default) the harness binds a free port itself and hands the
+    socket to uvicorn, so there is no find-then-bind race. Extra keyword arguments go to
+    `uvicorn.Config` (``factory``, ``root_path``, ``http``, ``ws``, ``lifespan``, ...);
+    options that make no sense in a test, such as ``workers`` or ``reload``, raise
+    `TypeError`.
+
+    Use it as ``with UvicornTestServer(app) as server:``, ``async with ...`` (start and
+    stop then run in a worker thread and never block the event loop), or call `start()`
+    and `stop()` yourself. uvicorn's log is captured per server in `log` and still
+    reaches the process's own logging (pytest's ``caplog`` included); the process's
+    logging configuration is never changed.
+    """
+
+    def __init__(
+        self,
+        app: AppType,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        health_path: str | None = None,
+        startup_timeout: float = 10.0,
+        shutdown_timeout: float = 5.0,
+        raise_server_exceptions: bool = True,
+        log_level: LogLevel = "warning",
+        **uvicorn_options: Any,
+    ) -> None:
+        check_options(uvicorn_options)
+        if log_level not in _LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(_LEVELS)}, not {log_level!r}.")
+        if not isinstance(app, str) and not callable(app):
+            raise TypeError(
+                f"app must be an ASGI application or an import string like 'package.module:app', "
+                f"not {type(app).__name__}."
+            )
+        self.app = app
+        self._host = host
+        self._requested_port = port
+        self._port = port
+        self.health_path = health_path
+        self.startup_timeout = startup_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.raise_server_exceptions = raise_server_exceptions
+        self.log_level = log_level
+        self.uvicorn_options = uvicorn_options
+        self._log = ServerLog()
+        self._log.drop_access_log = uvicorn_options.get("access_log") is False
+        self._errors: list[BaseException] = []
+        self._run: _Run | None = None
+        self._lock = threading.Lock()
+
+    # -- where it listens ---------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        """The host the server binds."""
+        return self._host
+
+    @property
+    def port(self) -> int:
+        """The port the server listens on (the one bound last, once started).
+
+        Raises `ServerStateError` if the port is still 0 because `start()` has not run.
+        """
+        if self._port == 0:
+            raise ServerStateError(f"{self!r} has no port yet: port=0 picks a free one in start(); call start() first.")
+        return self._port
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port``, for any HTTP client."""
+        return f"http://{self._connect_host()}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """``ws://host:port``, for WebSocket clients."""
+        return f"ws://{self._connect_host()}:{self.port}"
+
+    def url(self, path: str = "/") -> str:
+        """The absolute HTTP URL of `path` (a leading ``/`` is added if missing)."""
+        return self.base_url + (path if path.startswith("/") else "/" + path)
+
+    def _connect_host(self) -> str:
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self._host, self._host)
+        return f"[{host}]" if ":" in host else host
+
+    # -- state ----------------------------------------------------------------------------
+
+    @property
+    def is_running(self) -> bool:
+        """True between a successful `start()` and `stop()`, while the server thread lives."""
+        run = self._run
+        return run is not None and run.thread is not None and run.thread.is_alive() and run.server.started
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """Unhandled exceptions the app raised while serving, since the last `start()`.
+
+        Each keeps its ``__traceback__``. A response the app chose (an ``HTTPException``
+        with status 500, say) is not an error.
+        """
+        return list(self._errors)
+
+    @property
+    def log(self) -> ServerLog:
+        """The log records this server emitted (uvicorn's error and access loggers)."""
+        return self._log
+
+    def __repr__(self) -> str:
+        port = self._port or "?"
+        state = "running" if self.is_running else "stopped"
+        return f"<UvicornTestServer app={self._app_name()} {self._host}:{port} {state}>"
+
+    def _app_name(self) -> str:
+        if isinstance(self.app, str):
+            return repr(self.app)
+        name = getattr(self.app, "__qualname__", None) or type(self.app).__qualname__
+        return f"{getattr(self.app, '__module__', '?')}.{name}"
+
+    # -- start ----------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Start the server and block until it really answers; return the server.
+
+        Returns once uvicorn listens, lifespan startup has completed and, if
+        `health_path` is set, that path answered 2xx. Raises `ServerStartupError`
+        (`PortInUseError` for a taken fixed port) with the app's exception chained and
+        the log tail if the server fails or is not ready within `startup_timeout`;
+        nothing is left running then. Raises `ServerStateError` if already running.
+        """
+        with self._lock:
+            if self._run is not None:
+                raise ServerStateError(f"{self!r} is already running at {self.base_url}; call stop() first.")
+            started_at = time.monotonic()
+            run = self._prepare()
+            try:
+                self._wait_ready(run, started_at)
+            except BaseException:
+                self._stop_run(run)
+                raise
+            self._run = run
+            _running.add(self)
+        return self
+
+    def _prepare(self) -> _Run:
+        install_capture()
+        self._errors.clear()
+        sock = self._bind()
+        cleanup = ExitStack()
+        cleanup.callback(sock.close)
+        cleanup.enter_context(log_level_lease(_LEVELS[self.log_level]))
+        try:
+            with capture_into(self._log):
+                config = make_config(self.app, shutdown_timeout=self.shutdown_timeout, options=self.uvicorn_options)
+            run = _Run(HarnessServer(config, on_app_error=self._errors.append), sock, cleanup)
+            run.thread = threading.Thread(
+                target=self._thread_main,
+                args=(run,),
+                name=f"uvicorn-testserver {self._host}:{self._port}",
+                daemon=True,
+            )
+            run.thread.start()
+        except BaseException:
+            cleanup.close()
+            raise
+        return run
+
+    def _bind(self) -> socket.socket:
+        # Restarting a port=0 server tries its previous port first, so URLs stay valid.
+        ports = [self._port, 0] if self._requested_port == 0 and self._port != 0 else [self._requested_port]
+        for port in ports:
+            try:
+                family, kind, proto, _, address = socket.getaddrinfo(
+                    self._host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+                )[0]
+            except socket.gaierror as exc:
+                raise ServerStartupError(
+                    f"cannot resolve host {self._host!r} for {self._app_name()}: {exc}. "
+                    "Use an IP address such as 127.0.0.1.",
+                    host=self._host,
+                    port=port,
+                    app=self._app_name(),
+                ) from exc
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(address)
+                sock.listen(2048)  # listen at once: clients that connect early queue instead of failing
+            except OSError as exc:
+                sock.close()
+                if port != self._requested_port:
+                    continue  # the previous port is gone; take a fresh one
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUseError(
+                        f"cannot serve {self._app_name()} on {self._host}:{port}: the port is already in use. "
+                        "Pass port=0 to get a free port, or stop whatever listens there.",
+                        host=self._host,
+                        port=port,
+                        app=self._app_name(),
+                        elapsed=0.0,
+                    ) from exc
+                raise ServerStartupError(
+                    f"cannot bind {self._host}:{port} for {self._app_name()}: {exc}.",
+                    host=self._host,
+                    port=port,
+                    app=self._app_name(),
+                    elapsed=0.0,
+                ) from exc
+            self._port = sock.getsockname()[1]
+            return sock
+        raise AssertionError("unreachable: the last candidate port is the requested one")
+
+    def _thread_main(self, run: _Run) -> None:
+        with capture_into(self._log):
+            try:
+                loop_factory = run.server.config.get_loop_factory()
+                with asyncio.Runner(loop_factory=loop_factory) as runner:
+                    runner.run(self._serve(run))
+            except SystemExit as exc:  # uvicorn exits where it cannot set up the loop
+                if not run.ready.done():
+                    run.ready.set_exception(StartupFailed("uvicorn could not create its event loop"))
+                run.crash = exc
+            except BaseException as exc:  # noqa: BLE001 - reported by start() or stop(), never lost
+                run.crash = exc
+            finally:
+                if not run.ready.done():
+                    failure = StartupFailed(f"the server thread ended before the server was ready: {run.crash!r}")
+                    failure.__cause__ = run.crash
+                    run.ready.set_exception(failure)
+
+    async def _serve(self, run: _Run) -> None:
+        run.loop = asyncio.get_running_loop()
+        run.task = asyncio.current_task()
+        try:
+            await run.server.start(run.sock)
+        except StartupFailed as exc:
+            run.ready.set_exception(exc)
+            return
+        run.ready.set_result(None)
+        await run.server.serve_until_exit(run.sock)
+
+    def _wait_ready(self, run: _Run, started_at: float) -> None:
+        deadline = started_at + self.startup_timeout
+        try:
+            run.ready.result(timeout=max(0.0, deadline - time.monotonic()))
+        except StartupFailed as exc:
+            raise self._startup_error(f"failed to start: {exc.reason}", started_at) from exc.__cause__
+        except concurrent.futures.TimeoutError:
+            raise self._startup_error(
+                f"was not ready within startup_timeout={self.startup_timeout}s: lifespan startup or loading "
+                "the app did not finish. Look for a blocking call or an await that never returns in the "
+                "app's startup, or raise startup_timeout",
+                started_at,
+            ) from None
+        if self.health_path is not None:
+            self._wait_healthy(run, started_at, deadline)
+
+    def _wait_healthy(self, run: _Run, started_at: float, deadline: float) -> None:
+        assert self.health_path is not None
+        delay = 0.002
+        last = "no answer yet"
+        while True:
+            if run.thread is not None and not run.thread.is_alive():
+                raise self._startup_error(
+                    f"stopped while waiting for {self.health_path} to answer 2xx", started_at
+                ) from run.crash
+            connection = http.client.HTTPConnection(
+                self._connect_host().strip("[]"), self._port, timeout=max(0.1, deadline - time.monotonic())
+            )
+            try:
+                connection.request("GET", self.health_path)
+                response = connection.getresponse()
+                response.read()
+                if 200 <= response.status < 300:
+                    return
+                last = f"it answered {response.status} {response.reason}"
+            except (OSError, http.client.HTTPException) as exc:
+                last = f"the last try raised {exc!r}"
+            finally:
+                connection.close()
+            if time.monotonic() + delay >= deadline:
+                raise self._startup_error(
+                    f"health check GET {self.health_path} did not answer 2xx within "
+                    f"startup_timeout={self.startup_timeout}s ({last}). Check the route and what it depends on, "
+                    "or raise startup_timeout",
+                    started_at,
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _startup_error(self, what: str, started_at: float) -> ServerStartupError:
+        elapsed = time.monotonic() - started_at
+        return ServerStartupError(
+            f"uvicorn server for {self._app_name()} on {self._host}:{self._port} {what} (after {elapsed:.3f}s).",
+            host=self._host,
+            port=self._port,
+            app=self._app_name(),
+            elapsed=elapsed,
+            log_tail=self._log.tail(),
+        )
+
+    # -- stop -----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop the server and block until its thread has ended. Idempotent; safe before `start()`.
+
+        In-flight requests may finish for up to `shutdown_timeout` seconds; idle
+        keep-alive and WebSocket connections are closed, lifespan shutdown runs, then
+        the exit is forced if needed. Raises `ServerShutdownError` if the thread still
+        does not end, and then, with `raise_server_exceptions`, `ServerExceptionsError`
+        if the app raised while serving — always after the server has fully stopped.
+        """
+        with self._lock:
+            run, self._run = self._run, None
+            if run is None:
+                return
+            _running.discard(self)
+            self._stop_run(run)
+        if self.raise_server_exceptions and self._errors:
+            raise ServerExceptionsError(
+                self._errors,
+                host=self._host,
+                port=self._port,
+                app=self._app_name(),
+                log_tail=self._log.tail(),
+            ) from self._errors[0]
+
+    def _stop_run(self, run: _Run) -> None:
+        """Stop `run`'s thread and release what it holds; also used after a failed start."""
+        started_at = time.monotonic()
+        thread = run.thread
+        try:
+            if thread is None:
+                return
+            run.server.should_exit = True
+            if not run.server.started:
+                run.cancel()  # still starting (a startup that hangs): abort it
+            thread.join(self.shutdown_timeout + _STOP_MARGIN)
+            if thread.is_alive():
+                run.server.force_exit = True
+                run.cancel()
+                thread.join(_FORCE_GRACE)
+            if thread.is_alive():
+                elapsed = time.monotonic() - started_at
+                raise ServerShutdownError(
+                    f"uvicorn server for {self._app_name()} on {self._host}:{self._port} did not stop within "
+                    f"{elapsed:.1f}s (shutdown_timeout={self.shutdown_timeout}s, then a forced exit). Something "
+                    "blocks its event loop: a synchronous sleep or blocking I/O in an async handler or in lifespan "
+                    "shutdown. The daemon thread is left behind.",
+                    host=self._host,
+                    port=self._port,
+                    app=self._app_name(),
+                    elapsed=elapsed,
+                    log_tail=self._log.tail(),
+                )
+            if run.crash is not None and run.ready.done() and run.ready.exception() is None:
+                raise ServerShutdownError(
+                    f"the event loop of the uvicorn server for {self._app_name()} on {self._host}:{self._port} "
+                    f"crashed while serving: {run.crash!r}.",
+                    host=self._host,
+                    port=self._port,
+                    app=self._app_name(),
+                    log_tail=self._log.tail(),
+                ) from run.crash
+        finally:
+            run.cleanup.close()
+
+    # -- context managers -----------------------------------------------------------------
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop_after(exc, self.stop)
+
+    async def __aenter__(self) -> Self:
+        return await asyncio.to_thread(self.start)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.to_thread(self._stop_after, exc, self.stop)
+
+    @staticmethod
+    def _stop_after(body_error: BaseException | None, stop: Callable[[], None]) -> None:
+        """Stop; if the block already failed, add the app's errors to that failure instead of replacing it."""
+        if body_error is None:
+            stop()
+            return
+        try:
+            stop()
+        except ServerExceptionsError as server_error:
+            body_error.add_note(str(server_error))
+
+
+# Servers still running at interpreter exit are stopped, so their threads end cleanly.
+_running: weakref.WeakSet[UvicornTestServer] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_servers() -> None:
+    for server in list(_running):
+        with contextlib.suppress(Exception):  # nothing is left to report to at exit
+            server.stop()
