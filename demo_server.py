@@ -1,0 +1,63 @@
+"""Serve the demo app through UvicornTestServer, to try the harness by hand.
+
+    uv run python demo_server.py              # http://127.0.0.1:8000
+    uv run python demo_server.py --port 0     # a free port
+
+Stops cleanly on Ctrl-C or SIGTERM (exit code 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from types import FrameType
+
+from uvicorn_testserver import ServerError, UvicornTestServer
+from uvicorn_testserver.demo import app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Serve the uvicorn-testserver demo app.")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8000, help="port, 0 for a free one (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    # This script is the application, so it may configure logging (the library never does).
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop_requested.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+
+    server = UvicornTestServer(app, args.host, args.port, log_level="info", health_path="/health")
+    try:
+        server.start()
+    except ServerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    base = server.base_url
+    print(
+        f"Demo app running at {base}  (Ctrl-C to stop)\n\n"
+        "Try it:\n"
+        f"  curl {base}/health\n"
+        f"  curl {base}/test\n"
+        f"  curl -X POST -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}' {base}/api/data\n"
+        f"  curl -N '{base}/events?count=3'\n"
+        f"  uv run python -m websockets {server.ws_url}/ws/echo\n",
+        flush=True,
+    )
+    stop_requested.wait()
+    print("Stopping...", flush=True)
+    server.stop()
+    print("Stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
