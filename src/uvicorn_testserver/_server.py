@@ -27,7 +27,14 @@ from uvicorn_testserver._errors import (
     ServerStateError,
 )
 from uvicorn_testserver._logs import ServerLog, capture_into, install_capture, log_level_lease
-from uvicorn_testserver._uvicorn import AppType, HarnessServer, StartupFailed, check_options, make_config
+from uvicorn_testserver._uvicorn import (
+    AppType,
+    HarnessServer,
+    StartupFailed,
+    check_options,
+    loop_factory,
+    make_config,
+)
 
 __all__ = ["LogLevel", "UvicornTestServer"]
 
@@ -286,8 +293,8 @@ class UvicornTestServer:
     def _thread_main(self, run: _Run) -> None:
         with capture_into(self._log):
             try:
-                loop_factory = run.server.config.get_loop_factory()
-                with asyncio.Runner(loop_factory=loop_factory) as runner:
+                factory = loop_factory(run.server.config)
+                with asyncio.Runner(loop_factory=factory) as runner:
                     runner.run(self._serve(run))
             except SystemExit as exc:  # uvicorn exits where it cannot set up the loop
                 if not run.ready.done():

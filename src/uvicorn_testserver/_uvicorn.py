@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import socket
@@ -30,11 +31,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
+from uvicorn.config import LOOP_FACTORIES
 from uvicorn.importer import ImportFromStringError, import_from_string
 
 from uvicorn_testserver._logs import current_log, harness_logger
 
-__all__ = ["REJECTED_OPTIONS", "HarnessServer", "StartupFailed", "check_options", "make_config"]
+__all__ = ["REJECTED_OPTIONS", "HarnessServer", "StartupFailed", "check_options", "loop_factory", "make_config"]
 
 AppType = Callable[..., Any] | str
 
@@ -228,6 +230,27 @@ class HarnessServer(uvicorn.Server):
         while (self.server_state.connections or self.server_state.tasks) and not self.force_exit:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)
+
+
+@functools.cache
+def _builtin_loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    config = uvicorn.Config(_no_app, loop=name, log_config=None)
+    return config.get_loop_factory()
+
+
+def loop_factory(config: uvicorn.Config) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """`config.get_loop_factory()`, resolved once per process for uvicorn's own loop names.
+
+    uvicorn's "auto" tries ``import uvloop`` on every call; a failed import costs a
+    search of sys.path, a large part of a start when it happens each time.
+    """
+    if isinstance(config.loop, str) and config.loop in LOOP_FACTORIES:
+        return _builtin_loop_factory(config.loop)
+    return config.get_loop_factory()
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    raise RuntimeError("placeholder app used only to resolve a loop factory")
 
 
 def _last_error_logged() -> str | None:
