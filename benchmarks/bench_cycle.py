@@ -1,0 +1,144 @@
+"""Start+stop cycle and request rate: UvicornTestServer side by side with the alternatives.
+
+    uv run python benchmarks/bench_cycle.py            # full run (~1 minute)
+    uv run python benchmarks/bench_cycle.py --quick    # a smoke run
+
+Everything runs in one process, interleaved round by round, so machine noise hits
+every contender alike. Reported: medians (and p10/p90) in milliseconds, and ratios
+against aiohttp's own in-loop TestServer. Results also go to benchmarks/results/cycle.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import time
+
+import aiohttp
+import requests
+from _common import naive_thread_server, print_table, sample, summary, write_json
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from uvicorn_testserver import UvicornTestServer
+
+
+async def hello(request: object) -> PlainTextResponse:
+    return PlainTextResponse("hello")
+
+
+app = Starlette(routes=[Route("/", hello)])
+
+
+def cycle_harness() -> None:
+    UvicornTestServer(app).start().stop()
+
+
+def cycle_naive() -> None:
+    with naive_thread_server(app):
+        pass
+
+
+def cycle_starlette_testclient() -> None:
+    with TestClient(app):
+        pass
+
+
+def aiohttp_cycles(loop: asyncio.AbstractEventLoop, count: int) -> list[float]:
+    async def run() -> list[float]:
+        durations = []
+        for _ in range(count):
+            start = time.perf_counter()
+            server = TestServer(web.Application())
+            await server.start_server()
+            await server.close()
+            durations.append(time.perf_counter() - start)
+        return durations
+
+    return loop.run_until_complete(run())
+
+
+def request_rate_requests(base_url: str, count: int) -> float:
+    with requests.Session() as session:
+        session.get(base_url).raise_for_status()  # open the keep-alive connection
+        start = time.perf_counter()
+        for _ in range(count):
+            session.get(base_url)
+        return count / (time.perf_counter() - start)
+
+
+def request_rate_aiohttp(loop: asyncio.AbstractEventLoop, base_url: str, count: int) -> float:
+    async def run() -> float:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(base_url) as response:
+                await response.read()
+            start = time.perf_counter()
+            for _ in range(count):
+                async with session.get(base_url) as response:
+                    await response.read()
+            return count / (time.perf_counter() - start)
+
+    return loop.run_until_complete(run())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
+    args = parser.parse_args()
+    rounds, fast, slow, requests_per_run = (3, 20, 2, 200) if args.quick else (10, 50, 3, 1000)
+    logging.getLogger("uvicorn").setLevel(logging.WARNING)
+    loop = asyncio.new_event_loop()
+
+    cycles: dict[str, list[float]] = {"harness": [], "naive": [], "aiohttp": [], "starlette": []}
+    rates: dict[str, list[float]] = {"harness/requests": [], "bare/requests": [], "harness/aiohttp": [], "bare/aiohttp": []}
+    cycle_harness()  # warm up imports and protocol classes
+    for _ in range(rounds):
+        cycles["harness"] += sample(cycle_harness, fast)
+        cycles["naive"] += sample(cycle_naive, slow)
+        cycles["aiohttp"] += aiohttp_cycles(loop, fast)
+        cycles["starlette"] += sample(cycle_starlette_testclient, fast)
+        with UvicornTestServer(app) as server:
+            rates["harness/requests"].append(request_rate_requests(server.base_url, requests_per_run))
+            rates["harness/aiohttp"].append(request_rate_aiohttp(loop, server.base_url, requests_per_run))
+        with naive_thread_server(app) as base_url:
+            rates["bare/requests"].append(request_rate_requests(base_url, requests_per_run))
+            rates["bare/aiohttp"].append(request_rate_aiohttp(loop, base_url, requests_per_run))
+    loop.close()
+
+    stats = {name: summary(values) for name, values in cycles.items()}
+    baseline = stats["aiohttp"]["median_ms"]
+    labels = {
+        "harness": "UvicornTestServer (thread)",
+        "naive": "naive uvicorn.Server thread (poll `started`, join)",
+        "aiohttp": "aiohttp TestServer (in-loop, baseline)",
+        "starlette": "Starlette TestClient (in-process, no socket)",
+    }
+    print_table(
+        "Start+stop cycle (lower is better)",
+        ["contender", "runs", "median ms", "p10 ms", "p90 ms", "× aiohttp"],
+        [
+            [labels[name], s["runs"], s["median_ms"], s["p10_ms"], s["p90_ms"], s["median_ms"] / baseline]
+            for name, s in stats.items()
+        ],
+    )
+    medians = {name: sorted(values)[len(values) // 2] for name, values in rates.items()}
+    print_table(
+        "Requests per second over one keep-alive connection (higher is better)",
+        ["client", "UvicornTestServer", "bare uvicorn thread", "harness / bare"],
+        [
+            [client, medians[f"harness/{client}"], medians[f"bare/{client}"],
+             medians[f"harness/{client}"] / medians[f"bare/{client}"]]
+            for client in ("requests", "aiohttp")
+        ],
+    )
+    path = write_json("cycle", {"cycles": stats, "request_rates": rates, "request_rate_medians": medians})
+    print(f"\nJSON: {path}")
+
+
+if __name__ == "__main__":
+    main()
