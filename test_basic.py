@@ -34,6 +34,12 @@ def fresh_server() -> Iterator[UvicornTestServer]:
         yield server
 
 
+def test_import_string() -> None:
+    with UvicornTestServer("uvicorn_testserver.demo:app") as server:  # or the app object itself
+        response = requests.get(server.url("/health"), timeout=5)  # http://127.0.0.1:<free port>/health
+    assert response.json() == {"message": "OK"}
+
+
 def test_requests(server: UvicornTestServer) -> None:
     response = requests.get(server.url("/health"), timeout=5)
     assert response.json() == {"message": "OK"}

@@ -6,30 +6,90 @@
 {'message': 'OK'}
 """
 
+from importlib import import_module as _import_module
 from importlib.metadata import version as _version
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 from uvicorn_testserver._errors import (
+    ClientTimeoutError,
+    InvalidResponseTypeError,
     PortInUseError,
     ServerError,
     ServerExceptionsError,
     ServerShutdownError,
     ServerStartupError,
     ServerStateError,
+    WebSocketClosedError,
 )
 from uvicorn_testserver._logs import ServerLog
 from uvicorn_testserver._server import LogLevel, UvicornTestServer
 
+if _TYPE_CHECKING:
+    from uvicorn_testserver._async import AsyncServerMode, AsyncTestServer, create_test_server
+    from uvicorn_testserver._client import AsyncTestClient
+    from uvicorn_testserver._process import ChildAppError, ProcessServer
+    from uvicorn_testserver._response import AsyncTestResponse
+    from uvicorn_testserver._streaming import AsyncTestStream, EventStream, ServerSentEvent
+    from uvicorn_testserver._websocket import WebSocketConfig, WebSocketHelper
+
 __version__ = _version("uvicorn-testserver")
 
+# The async API imports aiohttp, about 0.3 s; it loads on first use so that sync tests
+# and the pytest plugin do not pay for it.
+_LAZY = {
+    "AsyncServerMode": "_async",
+    "AsyncTestClient": "_client",
+    "AsyncTestResponse": "_response",
+    "AsyncTestServer": "_async",
+    "AsyncTestStream": "_streaming",
+    "ChildAppError": "_process",
+    "EventStream": "_streaming",
+    "ProcessServer": "_process",
+    "ServerSentEvent": "_streaming",
+    "WebSocketConfig": "_websocket",
+    "WebSocketHelper": "_websocket",
+    "create_test_server": "_async",
+}
+
+
+def __getattr__(name: str) -> _Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 __all__ = [
+    "AsyncServerMode",
+    "AsyncTestClient",
+    "AsyncTestResponse",
+    "AsyncTestServer",
+    "AsyncTestStream",
+    "ChildAppError",
+    "ClientTimeoutError",
+    "EventStream",
+    "InvalidResponseTypeError",
     "LogLevel",
     "PortInUseError",
+    "ProcessServer",
     "ServerError",
     "ServerExceptionsError",
     "ServerLog",
+    "ServerSentEvent",
     "ServerShutdownError",
     "ServerStartupError",
     "ServerStateError",
     "UvicornTestServer",
+    "WebSocketClosedError",
+    "WebSocketConfig",
+    "WebSocketHelper",
     "__version__",
+    "create_test_server",
 ]

@@ -7,7 +7,12 @@ Every error the harness raises on purpose derives from `ServerError`::
     │   └── PortInUseError        a fixed port was already taken
     ├── ServerShutdownError       the server thread would not end
     ├── ServerExceptionsError     the app raised while serving (raise_server_exceptions)
-    └── ServerStateError          a method was called in the wrong state
+    ├── ServerStateError          a method was called in the wrong state
+    ├── ClientTimeoutError        the async test client waited too long (also a TimeoutError)
+    └── WebSocketClosedError      a WebSocket read or write found the connection closed
+
+    InvalidResponseTypeError (TypeError)
+                                  an HTTP-only member used on a WebSocket response, or the reverse
 
 Errors that concern a server carry `host`, `port`, `app`, `elapsed` (seconds waited)
 and `log_tail` (the last lines the server logged) as attributes, and their message
@@ -21,12 +26,15 @@ import traceback
 from collections.abc import Sequence
 
 __all__ = [
+    "ClientTimeoutError",
+    "InvalidResponseTypeError",
     "PortInUseError",
     "ServerError",
     "ServerExceptionsError",
     "ServerShutdownError",
     "ServerStartupError",
     "ServerStateError",
+    "WebSocketClosedError",
 ]
 
 
@@ -96,6 +104,24 @@ class ServerExceptionsError(ServerError):
             "Fix the app, or pass raise_server_exceptions=False if the test provokes these on purpose."
         )
         super().__init__(message, host=host, port=port, app=app, log_tail=log_tail)
+
+
+class ClientTimeoutError(ServerError, TimeoutError):
+    """The async test client waited longer than its timeout for a response, message, chunk or event.
+
+    Also a `TimeoutError`, so ``except TimeoutError`` catches it.
+    """
+
+
+class WebSocketClosedError(ServerError):
+    """A WebSocket was closed (by either side, or by a protocol error) when the test read or wrote."""
+
+
+class InvalidResponseTypeError(TypeError):
+    """An HTTP-only member was used on a WebSocket response, or a WebSocket-only one on an HTTP response.
+
+    A `TypeError`, not a `ServerError`: the server is fine, the test asked the wrong kind of object.
+    """
 
 
 def format_exception(exc: BaseException) -> str:

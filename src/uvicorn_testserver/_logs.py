@@ -42,7 +42,9 @@ _current_log: contextvars.ContextVar[ServerLog | None] = contextvars.ContextVar(
 class ServerLog:
     """The log records one server emitted, newest last, at most `max_records` of them.
 
-    Thread-safe: the server thread appends while the test reads.
+    Thread-safe: the server thread appends while the test reads. The server's records
+    below `level`, and its access lines if `drop_access_log`, are dropped: neither
+    kept here nor passed on to the process's handlers.
     """
 
     def __init__(self, max_records: int = 5000) -> None:
@@ -50,6 +52,7 @@ class ServerLog:
         self._count = 0
         self._lock = threading.Lock()
         self.drop_access_log = False
+        self.level = logging.NOTSET
 
     def append(self, record: logging.LogRecord) -> None:
         with self._lock:
@@ -103,7 +106,7 @@ class _CaptureFilter(logging.Filter):
         log = _current_log.get()
         if log is None:
             return True
-        if log.drop_access_log and record.name == "uvicorn.access":
+        if record.levelno < log.level or (log.drop_access_log and record.name == "uvicorn.access"):
             return False
         log.append(record)
         return True
@@ -120,10 +123,6 @@ def install_capture() -> None:
             logger = logging.getLogger(name)
             if _filter not in logger.filters:
                 logger.addFilter(_filter)
-        # uvicorn's HTTP protocols write access lines only if `hasHandlers()`; a NullHandler on
-        # uvicorn's own logger, as libraries are told to add, keeps them without printing anything.
-        if not logging.getLogger("uvicorn.access").hasHandlers():
-            logging.getLogger("uvicorn").addHandler(logging.NullHandler())
 
 
 def current_log() -> ServerLog | None:
@@ -142,44 +141,61 @@ def capture_into(log: ServerLog) -> Iterator[None]:
 
 
 class _LevelLeases:
-    """Lower uvicorn's logger levels while servers that asked for them run; restore them after.
+    """Lower uvicorn's logger levels while servers that need it run; put them back after.
 
-    uvicorn only creates records at or above its loggers' level, so a server started
-    with ``log_level="info"`` needs them at INFO. The original levels come back when
-    the last server stops.
+    uvicorn creates records only at or above its loggers' effective level, so a server
+    started with ``log_level="info"`` needs them at INFO. A logger is lowered only if
+    its own level (or, when NOTSET, its parent's) is above what a server asked for; with
+    the default ``log_level="warning"`` and an unconfigured process nothing changes at
+    all. A logger gets its level back when the last server that needed it lowered stops,
+    unless someone set another level meanwhile: that one is kept.
     """
 
     _names = ("uvicorn.error", "uvicorn.access", "uvicorn.asgi")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._active: list[int] = []
-        self._saved: dict[str, int] = {}
+        self._base: dict[str, int] = {}  # level before the harness lowered it
+        self._set: dict[str, int] = {}  # level the harness set
+        self._needs: dict[str, list[int]] = {}  # levels asked for by the leases that needed it lowered
 
-    def _apply(self) -> None:
-        if not self._active:
-            for name, level in self._saved.items():
-                logging.getLogger(name).setLevel(level)
-            self._saved.clear()
+    def _take(self, name: str, level: int) -> bool:
+        logger = logging.getLogger(name)
+        if name in self._set and logger.level != self._set[name]:
+            self._base[name] = logger.level  # set by someone else meanwhile: that is the level to keep
+        base = self._base.get(name, logger.level)
+        natural = base or (logger.parent.getEffectiveLevel() if logger.parent else logging.WARNING)
+        if natural <= level:
+            return False
+        self._base[name] = base
+        self._needs.setdefault(name, []).append(level)
+        self._set[name] = min(self._needs[name])
+        logger.setLevel(self._set[name])
+        return True
+
+    def _release(self, name: str, level: int) -> None:
+        logger = logging.getLogger(name)
+        needs = self._needs[name]
+        needs.remove(level)
+        if logger.level != self._set[name]:
+            self._base[name] = logger.level
+        if needs:
+            self._set[name] = min(needs)
+            logger.setLevel(self._set[name])
             return
-        wanted = min(self._active)
-        for name in self._names:
-            logger = logging.getLogger(name)
-            original = self._saved.setdefault(name, logger.level)
-            # Never raise a level the user set lower themselves.
-            logger.setLevel(wanted if original == logging.NOTSET else min(wanted, original))
+        logger.setLevel(self._base.pop(name))
+        del self._needs[name], self._set[name]
 
     @contextmanager
     def lease(self, level: int) -> Iterator[None]:
         with self._lock:
-            self._active.append(level)
-            self._apply()
+            taken = [name for name in self._names if self._take(name, level)]
         try:
             yield
         finally:
             with self._lock:
-                self._active.remove(level)
-                self._apply()
+                for name in taken:
+                    self._release(name, level)
 
 
 _leases = _LevelLeases()

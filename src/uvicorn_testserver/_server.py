@@ -17,7 +17,7 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from uvicorn_testserver._errors import (
     PortInUseError,
@@ -27,6 +27,7 @@ from uvicorn_testserver._errors import (
     ServerStateError,
 )
 from uvicorn_testserver._logs import ServerLog, capture_into, install_capture, log_level_lease
+from uvicorn_testserver._tls import server_tls
 from uvicorn_testserver._uvicorn import (
     AppType,
     HarnessServer,
@@ -35,10 +36,18 @@ from uvicorn_testserver._uvicorn import (
     loop_factory,
     make_config,
 )
+from uvicorn_testserver._wsgi import WSGIAdapter, WSGIFactory, serve_app
 
-__all__ = ["LogLevel", "UvicornTestServer"]
+if TYPE_CHECKING:
+    import ssl as ssl_module
+    from pathlib import Path
+
+    from websockets.sync.client import ClientConnection
+
+__all__ = ["LogLevel", "UvicornTestServer", "bind_socket", "connect_host", "describe_app"]
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+"""The `log_level` names a server accepts, most to least severe, as uvicorn spells them."""
 _LEVELS: dict[str, int] = {
     "critical": logging.CRITICAL,
     "error": logging.ERROR,
@@ -72,6 +81,18 @@ class _Run:
             with contextlib.suppress(RuntimeError):  # the loop is already closed
                 loop.call_soon_threadsafe(task.cancel)
 
+    def settle(self, timeout: float = 1.0) -> None:
+        """From another thread, wait (up to `timeout`) until the server's loop finishes the step it is in."""
+        loop, thread = self.loop, self.thread
+        if loop is None or thread is None or thread is threading.current_thread() or not loop.is_running():
+            return
+        done = threading.Event()
+        try:
+            loop.call_soon_threadsafe(done.set)
+        except RuntimeError:  # the loop has just closed: nothing is left to finish
+            return
+        done.wait(timeout)
+
 
 class UvicornTestServer:
     """A real uvicorn server on a loopback socket, run in a daemon thread with its own event loop.
@@ -88,7 +109,24 @@ class UvicornTestServer:
     and `stop()` yourself. uvicorn's log is captured per server in `log` and still
     reaches the process's own logging (pytest's ``caplog`` included); the process's
     logging configuration is never changed.
+
+    A WSGI app (Flask, ...) is served through a2wsgi: detected for app objects, or
+    chosen with ``interface="wsgi"`` (see `uvicorn_testserver._wsgi`). ``ssl=True``
+    serves HTTPS/WSS with a throw-away CA (`ssl_context`, `ca_path`). ``mode="process"``
+    runs the app, given as an import string, in a child Python process instead of a
+    thread, and returns a `ProcessServer`.
     """
+
+    def __new__(cls, *args: Any, mode: Literal["thread", "process"] = "thread", **kwargs: Any) -> Self:
+        # mode="process" makes the subclass that runs the app in a child process (_process.py);
+        # type checkers see a UvicornTestServer: construct ProcessServer directly for its extras.
+        if mode not in ("thread", "process"):
+            raise ValueError(f"mode must be 'thread' or 'process', not {mode!r}.")
+        if mode == "process" and cls is UvicornTestServer:
+            from uvicorn_testserver._process import ProcessServer
+
+            return super().__new__(ProcessServer)  # type: ignore[return-value]  # a subclass of cls
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -96,6 +134,8 @@ class UvicornTestServer:
         host: str = "127.0.0.1",
         port: int = 0,
         *,
+        mode: Literal["thread", "process"] = "thread",
+        ssl: bool = False,
         health_path: str | None = None,
         startup_timeout: float = 10.0,
         shutdown_timeout: float = 5.0,
@@ -103,6 +143,9 @@ class UvicornTestServer:
         log_level: LogLevel = "warning",
         **uvicorn_options: Any,
     ) -> None:
+        misplaced = sorted({"env", "cwd"} & uvicorn_options.keys())
+        if misplaced and mode == "thread":
+            raise TypeError(f"{' and '.join(misplaced)} apply to mode='process' only: a thread shares the test's.")
         check_options(uvicorn_options)
         if log_level not in _LEVELS:
             raise ValueError(f"log_level must be one of {', '.join(_LEVELS)}, not {log_level!r}.")
@@ -123,9 +166,13 @@ class UvicornTestServer:
         self.uvicorn_options = uvicorn_options
         self._log = ServerLog()
         self._log.drop_access_log = uvicorn_options.get("access_log") is False
+        self._log.level = _LEVELS[log_level]
         self._errors: list[BaseException] = []
         self._run: _Run | None = None
         self._lock = threading.Lock()
+        self._tls = server_tls(ssl, uvicorn_options, host)
+        # WSGI apps are served through a2wsgi (_wsgi.py); anything else goes to uvicorn untouched.
+        self._served_app, self._served_options = serve_app(app, uvicorn_options)
 
     # -- where it listens ---------------------------------------------------------------
 
@@ -146,21 +193,79 @@ class UvicornTestServer:
 
     @property
     def base_url(self) -> str:
-        """``http://host:port``, for any HTTP client."""
-        return f"http://{self._connect_host()}:{self.port}"
+        """``http://host:port`` (``https://`` with TLS), for any HTTP client."""
+        return f"{self._scheme()}://{self._connect_host()}:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        """``ws://host:port``, for WebSocket clients."""
-        return f"ws://{self._connect_host()}:{self.port}"
+        """``ws://host:port`` (``wss://`` with TLS), for WebSocket clients."""
+        return f"{'wss' if self._scheme() == 'https' else 'ws'}://{self._connect_host()}:{self.port}"
 
     def url(self, path: str = "/") -> str:
         """The absolute HTTP URL of `path` (a leading ``/`` is added if missing)."""
         return self.base_url + (path if path.startswith("/") else "/" + path)
 
+    def websocket_connect(self, path: str = "/", **options: Any) -> ClientConnection:
+        """Open a WebSocket to `path` with the `websockets` library's synchronous client.
+
+        Blocks until the handshake completes (``open_timeout``, 10 s by default) and
+        returns a ``websockets.sync.client.ClientConnection``; use it in a ``with`` block
+        so it is closed. `options` go to ``websockets.sync.client.connect``
+        (``subprotocols``, ``additional_headers``, ``open_timeout``, ...). Pass a timeout to
+        ``recv(timeout=...)``: without one it waits for as long as the server stays silent.
+        Raises `ServerStateError` if the server is not running.
+        """
+        if not self.is_running:
+            raise ServerStateError(f"{self!r} is not running; call start() before websocket_connect({path!r}).")
+        from websockets.sync.client import connect  # imported on first use: ~40 ms on every import otherwise
+
+        url = self.ws_url + (path if path.startswith("/") else "/" + path)
+        if self._tls is not None:
+            options.setdefault("ssl", self.ssl_context)
+        connection: ClientConnection = connect(url, **options)  # its overloads give Any with **options
+        return connection
+
+    def _scheme(self) -> str:
+        return "https" if self._tls is not None or self.uvicorn_options.get("ssl_certfile") else "http"
+
+    @property
+    def ssl_context(self) -> ssl_module.SSLContext:
+        """With ``ssl=True``: a client `ssl.SSLContext` that trusts the server's throw-away CA.
+
+        Verification and hostname checks stay on. Available before `start()` and the
+        same object across restarts (the CA lives as long as the server object). Raises
+        `ServerStateError` without ``ssl=True``.
+        """
+        if self._tls is None:
+            raise ServerStateError(f"{self!r} has no ssl_context: pass ssl=True to serve HTTPS with a throw-away CA.")
+        return self._tls.client_context()
+
+    @property
+    def ca_path(self) -> Path:
+        """With ``ssl=True``: the CA certificate file (PEM) while the server runs, for ``verify=`` and the like.
+
+        The file is removed by `stop()`. Raises `ServerStateError` without ``ssl=True``
+        or when the server is not running.
+        """
+        path = self._tls.ca_path if self._tls is not None else None
+        if path is None:
+            state = "is not running; start() writes the CA file" if self._tls else "does not use ssl=True"
+            raise ServerStateError(f"{self!r} has no ca_path: it {state}.")
+        return path
+
+    def _health_connection(self, timeout: float) -> http.client.HTTPConnection:
+        """A connection for the health check, over TLS when the server serves HTTPS."""
+        host = self._connect_host().strip("[]")
+        if self._scheme() == "http":
+            return http.client.HTTPConnection(host, self._port, timeout=timeout)
+        import ssl
+
+        # A user's own certificate is not verified here: this checks readiness, not trust.
+        context = self._tls.client_context() if self._tls is not None else ssl._create_unverified_context()
+        return http.client.HTTPSConnection(host, self._port, timeout=timeout, context=context)
+
     def _connect_host(self) -> str:
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self._host, self._host)
-        return f"[{host}]" if ":" in host else host
+        return connect_host(self._host)
 
     # -- state ----------------------------------------------------------------------------
 
@@ -177,6 +282,11 @@ class UvicornTestServer:
         Each keeps its ``__traceback__``. A response the app chose (an ``HTTPException``
         with status 500, say) is not an error.
         """
+        run = self._run
+        if run is not None:
+            # Starlette sends the 500 before it re-raises: a client can see the response before
+            # the error is recorded. The rest of the loop's current step records it.
+            run.settle()
         return list(self._errors)
 
     @property
@@ -190,10 +300,7 @@ class UvicornTestServer:
         return f"<UvicornTestServer app={self._app_name()} {self._host}:{port} {state}>"
 
     def _app_name(self) -> str:
-        if isinstance(self.app, str):
-            return repr(self.app)
-        name = getattr(self.app, "__qualname__", None) or type(self.app).__qualname__
-        return f"{getattr(self.app, '__module__', '?')}.{name}"
+        return describe_app(self.app)
 
     # -- start ----------------------------------------------------------------------------
 
@@ -229,7 +336,9 @@ class UvicornTestServer:
         cleanup.enter_context(log_level_lease(_LEVELS[self.log_level]))
         try:
             with capture_into(self._log):
-                config = make_config(self.app, shutdown_timeout=self.shutdown_timeout, options=self.uvicorn_options)
+                config = make_config(
+                    self._served_app, shutdown_timeout=self.shutdown_timeout, options=self._run_options(cleanup)
+                )
             run = _Run(HarnessServer(config, on_app_error=self._errors.append), sock, cleanup)
             run.thread = threading.Thread(
                 target=self._thread_main,
@@ -243,52 +352,22 @@ class UvicornTestServer:
             raise
         return run
 
+    def _run_options(self, cleanup: ExitStack) -> dict[str, Any]:
+        """uvicorn options for one run; what the run creates (TLS files, WSGI threads) is released by `cleanup`."""
+        options = dict(self._served_options)
+        if isinstance(self._served_app, WSGIAdapter | WSGIFactory):
+            cleanup.callback(self._served_app.close, self.shutdown_timeout)
+        if self._tls is not None:
+            cleanup.callback(self._tls.remove_files)
+            options.update(self._tls.write_files())
+        return options
+
     def _bind(self) -> socket.socket:
         # Restarting a port=0 server tries its previous port first, so URLs stay valid.
-        ports = [self._port, 0] if self._requested_port == 0 and self._port != 0 else [self._requested_port]
-        for port in ports:
-            try:
-                family, kind, proto, _, address = socket.getaddrinfo(
-                    self._host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-                )[0]
-            except socket.gaierror as exc:
-                raise ServerStartupError(
-                    f"cannot resolve host {self._host!r} for {self._app_name()}: {exc}. "
-                    "Use an IP address such as 127.0.0.1.",
-                    host=self._host,
-                    port=port,
-                    app=self._app_name(),
-                ) from exc
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                if family == socket.AF_INET6:
-                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-                sock.bind(address)
-                sock.listen(2048)  # listen at once: clients that connect early queue instead of failing
-            except OSError as exc:
-                sock.close()
-                if port != self._requested_port:
-                    continue  # the previous port is gone; take a fresh one
-                if exc.errno == errno.EADDRINUSE:
-                    raise PortInUseError(
-                        f"cannot serve {self._app_name()} on {self._host}:{port}: the port is already in use. "
-                        "Pass port=0 to get a free port, or stop whatever listens there.",
-                        host=self._host,
-                        port=port,
-                        app=self._app_name(),
-                        elapsed=0.0,
-                    ) from exc
-                raise ServerStartupError(
-                    f"cannot bind {self._host}:{port} for {self._app_name()}: {exc}.",
-                    host=self._host,
-                    port=port,
-                    app=self._app_name(),
-                    elapsed=0.0,
-                ) from exc
-            self._port = sock.getsockname()[1]
-            return sock
-        raise AssertionError("unreachable: the last candidate port is the requested one")
+        previous = self._port if self._requested_port == 0 else 0
+        sock = bind_socket(self._host, self._requested_port, app_name=self._app_name(), previous_port=previous)
+        self._port = sock.getsockname()[1]
+        return sock
 
     def _thread_main(self, run: _Run) -> None:
         with capture_into(self._log):
@@ -296,10 +375,8 @@ class UvicornTestServer:
                 factory = loop_factory(run.server.config)
                 with asyncio.Runner(loop_factory=factory) as runner:
                     runner.run(self._serve(run))
-            except SystemExit as exc:  # uvicorn exits where it cannot set up the loop
-                if not run.ready.done():
-                    run.ready.set_exception(StartupFailed("uvicorn could not create its event loop"))
-                run.crash = exc
+            except StartupFailed as exc:  # the event loop could not be created
+                run.ready.set_exception(exc)
             except BaseException as exc:  # noqa: BLE001 - reported by start() or stop(), never lost
                 run.crash = exc
             finally:
@@ -344,9 +421,7 @@ class UvicornTestServer:
                 raise self._startup_error(
                     f"stopped while waiting for {self.health_path} to answer 2xx", started_at
                 ) from run.crash
-            connection = http.client.HTTPConnection(
-                self._connect_host().strip("[]"), self._port, timeout=max(0.1, deadline - time.monotonic())
-            )
+            connection = self._health_connection(timeout=max(0.1, deadline - time.monotonic()))
             try:
                 connection.request("GET", self.health_path)
                 response = connection.getresponse()
@@ -473,6 +548,70 @@ class UvicornTestServer:
             stop()
         except ServerExceptionsError as server_error:
             body_error.add_note(str(server_error))
+
+
+def connect_host(host: str) -> str:
+    """The host a client connects to for a server bound to `host` (a wildcard becomes loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
+def describe_app(app: AppType) -> str:
+    """The app as error messages name it: the import string, or ``module.QualName``."""
+    if isinstance(app, str):
+        return repr(app)
+    name = getattr(app, "__qualname__", None) or type(app).__qualname__
+    return f"{getattr(app, '__module__', '?')}.{name}"
+
+
+def bind_socket(host: str, port: int, *, app_name: str, previous_port: int = 0) -> socket.socket:
+    """Bind and listen on `host`:`port` (0 picks a free port); raise `ServerStartupError` if that fails.
+
+    With ``port=0`` and a `previous_port`, that port is tried first and a fresh one taken
+    if it is gone. Shared by the thread harness and the async server's loop mode.
+    """
+    ports = [previous_port, 0] if port == 0 and previous_port != 0 else [port]
+    for candidate in ports:
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                host or None, candidate, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+        except socket.gaierror as exc:
+            raise ServerStartupError(
+                f"cannot resolve host {host!r} for {app_name}: {exc}. Use an IP address such as 127.0.0.1.",
+                host=host,
+                port=candidate,
+                app=app_name,
+            ) from exc
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(2048)  # listen at once: clients that connect early queue instead of failing
+        except OSError as exc:
+            sock.close()
+            if candidate != port:
+                continue  # the previous port is gone; take a fresh one
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(
+                    f"cannot serve {app_name} on {host}:{candidate}: the port is already in use. "
+                    "Pass port=0 to get a free port, or stop whatever listens there.",
+                    host=host,
+                    port=candidate,
+                    app=app_name,
+                    elapsed=0.0,
+                ) from exc
+            raise ServerStartupError(
+                f"cannot bind {host}:{candidate} for {app_name}: {exc}.",
+                host=host,
+                port=candidate,
+                app=app_name,
+                elapsed=0.0,
+            ) from exc
+        return sock
+    raise AssertionError("unreachable: the last candidate port is the requested one")
 
 
 # Servers still running at interpreter exit are stopped, so their threads end cleanly.

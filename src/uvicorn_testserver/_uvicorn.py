@@ -1,16 +1,30 @@
 """Everything that depends on uvicorn's internals lives here, and only here.
 
-The harness drives `uvicorn.Server` through these members, which are not public API
-and are checked by `integration_tests/test_uvicorn_contract.py` against the installed
-release: ``Server.startup(sockets=)``, ``Server.main_loop``, ``Server.on_tick``,
-``Server.shutdown``, ``Server.capture_signals``, ``Server.servers``,
-``Server.server_state.connections`` / ``.tasks``, ``Server.lifespan`` (with
-``.should_exit``, ``.shutdown()``), ``Config.load()``, ``Config.loaded_app``,
-``Config.lifespan_class`` and ``Config.get_loop_factory()``.
+The harness relies on these members, which are not public API. Each one named in
+double backquotes below is checked against the installed release by
+`integration_tests/test_uvicorn_contract.py`, which also checks that this list and
+its checks agree:
+
+* ``Server.startup(sockets=)``, ``Server.main_loop()``, ``Server.on_tick(counter)``,
+  ``Server.shutdown(sockets=)``, ``Server.capture_signals()``
+* ``Server.started``, ``Server.should_exit``, ``Server.force_exit``, ``Server.servers``,
+  ``Server.server_state.connections``, ``Server.server_state.tasks``
+* ``Server.lifespan``, with ``lifespan.should_exit`` and ``lifespan.shutdown()``; a
+  failed lifespan startup ends `Server.startup` in ``SystemExit``
+* ``Config.load()``, ``Config.loaded``, ``Config.loaded_app``, ``Config.lifespan_class``,
+  ``Config.get_loop_factory()``, ``uvicorn.config.LOOP_FACTORIES``, and the order in
+  which `Config.load` sets ``Config.http_protocol_class``, ``Config.ssl`` and
+  ``Config.ws_protocol_class`` (it names the step that failed)
+* ``Config(log_config=, log_level=, timeout_graceful_shutdown=)``
+* ``uvicorn.importer.import_from_string``, ``uvicorn.importer.ImportFromStringError``
+* ``connection.shutdown()``, ``connection.transport`` on every protocol in
+  ``Server.server_state.connections``, and ``connection.access_log`` on the HTTP ones
 
 What it changes, and why:
 
 * `capture_signals` does nothing: a test harness must never take over Ctrl-C.
+* the HTTP protocol always writes access lines (the capture filters them per server),
+  not only when the process has logging handlers.
 * `main_loop` wakes the moment `should_exit` is set instead of on uvicorn's 0.1 s tick.
 * `shutdown` polls connections with a millisecond back-off instead of uvicorn's fixed
   0.1 s sleep plus 0.1 s polling, and says in the log when it cuts open streams.
@@ -27,7 +41,7 @@ import functools
 import inspect
 import logging
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -95,14 +109,21 @@ class StartupFailed(Exception):
 
 
 class _AppErrorRecorder:
-    """ASGI middleware that reports unhandled app exceptions and re-raises them untouched."""
+    """ASGI middleware that reports unhandled app exceptions and re-raises them untouched.
+
+    On the lifespan scope it also keeps the message of a ``lifespan.startup.failed``
+    event: uvicorn only logs it, then exits.
+    """
 
     def __init__(self, app: Any, on_error: Callable[[BaseException], None]) -> None:
         self.app = app
         self.on_error = on_error
         self.lifespan_error: BaseException | None = None
+        self.startup_failure: str | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            send = self._watch_lifespan(send)
         try:
             await self.app(scope, receive, send)
         except asyncio.CancelledError:
@@ -113,6 +134,14 @@ class _AppErrorRecorder:
             else:
                 self.on_error(exc)
             raise
+
+    def _watch_lifespan(self, send: Any) -> Callable[[Any], Awaitable[None]]:
+        async def watched(message: Any) -> None:
+            if message.get("type") == "lifespan.startup.failed":
+                self.startup_failure = str(message.get("message") or "").strip()
+            await send(message)
+
+        return watched
 
 
 class HarnessServer(uvicorn.Server):
@@ -154,15 +183,14 @@ class HarnessServer(uvicorn.Server):
         try:
             config.load()
         except SystemExit as exc:
-            raise StartupFailed(_last_error_logged() or "uvicorn could not load the app") from exc
+            # uvicorn logged why, then exited; the exception it was handling, if any, is the cause.
+            reason = _last_error_logged() or "uvicorn could not load the app"
+            raise StartupFailed(reason) from exc.__context__
         except Exception as exc:
-            raise StartupFailed(
-                f"uvicorn could not load its configuration: {exc!r}. If it names an HTTP or WebSocket "
-                f"implementation (http={config.http!r}, ws={config.ws!r}), install a version that matches "
-                f"uvicorn {uvicorn.__version__} or pick another one"
-            ) from exc
+            raise StartupFailed(_describe_load_failure(config, exc)) from exc
         self._recorder = _AppErrorRecorder(config.loaded_app, self._on_app_error)
         config.loaded_app = self._recorder
+        config.http_protocol_class = _with_access_log(config.http_protocol_class)
 
     async def start(self, sock: socket.socket) -> None:
         """Load, run lifespan startup and listen on `sock`; raise `StartupFailed` on failure."""
@@ -173,21 +201,40 @@ class HarnessServer(uvicorn.Server):
         self.lifespan = self.config.lifespan_class(self.config)
         try:
             await self.startup(sockets=[sock])
-        except SystemExit as exc:
-            app_error = self._recorder.lifespan_error if self._recorder else None
+        except SystemExit:
+            recorder = self._recorder
+            app_error = recorder.lifespan_error if recorder is not None else None
             if app_error is not None:
                 raise StartupFailed(f"lifespan startup raised {app_error!r}") from app_error
-            raise StartupFailed(
-                f"lifespan startup failed: {_last_error_logged() or 'the app reported lifespan.startup.failed'}"
-            ) from exc
+            reported = recorder.startup_failure if recorder is not None else None
+            reason = reported or _last_error_logged() or "the app sent lifespan.startup.failed"
+            raise StartupFailed(f"lifespan startup failed: {reason}") from None
         if self._recorder is not None:
             # An app without lifespan support raises on the lifespan scope; that is not an error.
             self._recorder.lifespan_error = None
 
     async def serve_until_exit(self, sock: socket.socket) -> None:
         """Serve until `should_exit`, then shut down gracefully (after a successful `start`)."""
-        await self.main_loop()
-        await self.shutdown(sockets=[sock])
+        try:
+            await self.main_loop()
+            await self.shutdown(sockets=[sock])
+        finally:
+            self._abort_connections()
+
+    def _abort_connections(self) -> None:
+        """Close the listeners and drop every connection still open, so no socket outlives the loop.
+
+        A forced exit skips the graceful close, and a client that never answers a
+        WebSocket close handshake keeps its connection past the shutdown timeout.
+        """
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
+        for server in getattr(self, "servers", []):
+            # After a stop that gave up on this thread, the harness has closed the socket already.
+            with contextlib.suppress(ValueError, OSError):
+                server.close()
 
     async def main_loop(self) -> None:
         assert self._exit_event is not None
@@ -205,7 +252,12 @@ class HarnessServer(uvicorn.Server):
         for server in self.servers:
             server.close()
         for connection in list(self.server_state.connections):
-            connection.shutdown()
+            try:
+                connection.shutdown()
+            except Exception as exc:  # noqa: BLE001 - one connection must not stop the shutdown of the others
+                # uvicorn's websockets-sansio protocol raises InvalidState for a WebSocket whose
+                # closing handshake is under way; that connection is ending anyway.
+                harness_logger.debug("Shutting down connection %r raised %r; it is closing already.", connection, exc)
         try:
             async with asyncio.timeout(self.config.timeout_graceful_shutdown):
                 await self._wait_until_drained()
@@ -227,9 +279,49 @@ class HarnessServer(uvicorn.Server):
 
     async def _wait_until_drained(self) -> None:
         delay = 0.0005
-        while (self.server_state.connections or self.server_state.tasks) and not self.force_exit:
+        while (self._undrained_connections() or self.server_state.tasks) and not self.force_exit:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.02)
+
+    def _undrained_connections(self) -> list[Any]:
+        # A TLS connection closed while idle waits for the client's close_notify, which an idle
+        # keep-alive client never sends (asyncio waits 30 s). Once its buffer is flushed it is done;
+        # serve_until_exit aborts it.
+        return [c for c in self.server_state.connections if not _closed_tls(getattr(c, "transport", None))]
+
+
+_access_logged: dict[type[asyncio.Protocol], type[asyncio.Protocol]] = {}
+
+
+def _with_access_log(protocol_class: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
+    """`protocol_class`, writing access lines whatever handlers the process has (one subclass per class).
+
+    uvicorn's HTTP protocols log requests only if ``uvicorn.access`` ``hasHandlers()``
+    when a connection opens; the per-server capture needs the records even in a process
+    without logging configured, and adding a handler would change that configuration.
+    """
+    subclass = _access_logged.get(protocol_class)
+    if subclass is None:
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            protocol_class.__init__(self, *args, **kwargs)
+            self.access_log = True
+
+        namespace = {"__init__": __init__, "__module__": __name__}
+        subclass = _access_logged.setdefault(
+            protocol_class, type(protocol_class.__name__, (protocol_class,), namespace)
+        )
+    return subclass
+
+
+def _closed_tls(transport: Any) -> bool:
+    """True for a TLS transport that is closing with nothing left to send."""
+    return (
+        transport is not None
+        and transport.get_extra_info("sslcontext") is not None
+        and transport.is_closing()
+        and transport.get_write_buffer_size() == 0
+    )
 
 
 @functools.cache
@@ -242,15 +334,49 @@ def loop_factory(config: uvicorn.Config) -> Callable[[], asyncio.AbstractEventLo
     """`config.get_loop_factory()`, resolved once per process for uvicorn's own loop names.
 
     uvicorn's "auto" tries ``import uvloop`` on every call; a failed import costs a
-    search of sys.path, a large part of a start when it happens each time.
+    search of sys.path, a large part of a start when it happens each time. Raises
+    `StartupFailed` where uvicorn would exit or the loop implementation cannot import.
     """
-    if isinstance(config.loop, str) and config.loop in LOOP_FACTORIES:
-        return _builtin_loop_factory(config.loop)
-    return config.get_loop_factory()
+    try:
+        if isinstance(config.loop, str) and config.loop in LOOP_FACTORIES:
+            return _builtin_loop_factory(config.loop)
+        return config.get_loop_factory()
+    except SystemExit as exc:
+        reason = _last_error_logged() or "uvicorn could not load it"
+        raise StartupFailed(f"cannot create the event loop loop={config.loop!r}: {reason}") from exc.__context__
+    except Exception as exc:
+        raise StartupFailed(
+            f"cannot create the event loop loop={config.loop!r}: {exc!r}. Install it, or pass loop='asyncio'"
+        ) from exc
 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
     raise RuntimeError("placeholder app used only to resolve a loop factory")
+
+
+def _describe_load_failure(config: uvicorn.Config, exc: Exception) -> str:
+    """Say which step of ``Config.load()`` raised `exc`.
+
+    ``load()`` sets these attributes in this order, so the first one missing names the step.
+    """
+    version = uvicorn.__version__
+    if not hasattr(config, "http_protocol_class"):
+        return (
+            f"cannot load the HTTP implementation http={config.http!r}: {exc!r}. Pass http='h11' (it ships with "
+            f"uvicorn), or install a version of that implementation that matches uvicorn {version}"
+        )
+    if not hasattr(config, "ssl"):
+        return f"cannot set up TLS: {exc!r}. Check ssl_certfile, ssl_keyfile and ssl_context_factory"
+    if not hasattr(config, "ws_protocol_class"):
+        return (
+            f"cannot load the WebSocket implementation ws={config.ws!r}: {exc!r}. Install a websockets or "
+            f"wsproto version that matches uvicorn {version}, or pass ws='wsproto' or ws='none'"
+        )
+    if not hasattr(config, "lifespan_class"):
+        return f"cannot load the lifespan implementation lifespan={config.lifespan!r}: {exc!r}"
+    if config.factory:
+        return f"the app factory raised {exc!r}"
+    return f"uvicorn could not load the app: {exc!r}"
 
 
 def _last_error_logged() -> str | None:

@@ -1,0 +1,105 @@
+"""HTTPS for test servers: a throw-away certificate authority and server certificate from trustme.
+
+``UvicornTestServer(app, ssl=True)`` makes a CA that lives as long as the server
+object (so clients built once keep verifying across restarts), issues a certificate
+for the loopback names (``127.0.0.1``, ``::1``, ``localhost``) and the bound host, and
+writes the files uvicorn needs into a private temporary directory for each run, which
+is removed when the server stops. trustme is the optional extra ``uvicorn-testserver[ssl]``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shutil
+import ssl
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SSL_INSTALL_HINT", "ServerTLS", "server_tls"]
+
+SSL_INSTALL_HINT = 'pip install "uvicorn-testserver[ssl]"'
+_USER_TLS_OPTIONS = ("ssl_certfile", "ssl_keyfile", "ssl_context_factory")
+_LOOPBACK_NAMES = ("127.0.0.1", "::1", "localhost")
+
+
+def server_tls(enabled: bool, options: dict[str, Any], host: str) -> ServerTLS | None:
+    """The `ServerTLS` for ``ssl=enabled``, or None; raise `TypeError` if it clashes with user TLS options."""
+    if not isinstance(enabled, bool):
+        raise TypeError(f"ssl must be True or False, not {type(enabled).__name__}.")
+    if not enabled:
+        return None
+    clashing = [name for name in _USER_TLS_OPTIONS if options.get(name)]
+    if clashing:
+        raise TypeError(
+            f"ssl=True makes its own certificate, so it cannot be combined with {', '.join(clashing)}; "
+            "pass either ssl=True or your own certificate files."
+        )
+    return ServerTLS(host)
+
+
+class ServerTLS:
+    """A server's throw-away CA and certificate; files exist only between `write_files` and `remove_files`."""
+
+    def __init__(self, host: str) -> None:
+        try:
+            import trustme
+        except ImportError as exc:
+            raise ImportError(
+                f"ssl=True needs the trustme package, which is not installed: {SSL_INSTALL_HINT}"
+            ) from exc
+        self._ca = trustme.CA()
+        names = list(_LOOPBACK_NAMES)
+        if host and host not in names and not _is_wildcard(host):
+            names.append(host)
+        self._cert = self._ca.issue_cert(*names)
+        self._directory: Path | None = None
+        self._lock = threading.Lock()
+        self._context: ssl.SSLContext | None = None
+
+    @property
+    def ca_pem(self) -> bytes:
+        """The CA certificate, PEM-encoded."""
+        pem: bytes = self._ca.cert_pem.bytes()
+        return pem
+
+    @property
+    def ca_path(self) -> Path | None:
+        """The CA certificate file while the files exist, else None."""
+        directory = self._directory
+        return directory / "ca.pem" if directory is not None else None
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client `ssl.SSLContext` that trusts only this CA, with hostname checks on (made once)."""
+        with self._lock:
+            if self._context is None:
+                self._context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self.ca_pem.decode())
+            return self._context
+
+    def write_files(self) -> dict[str, str]:
+        """Write the CA, certificate chain and key; return uvicorn's ``ssl_certfile`` / ``ssl_keyfile`` options."""
+        with self._lock:
+            if self._directory is None:
+                self._directory = Path(tempfile.mkdtemp(prefix="uvicorn-testserver-tls-"))
+            directory = self._directory
+        (directory / "ca.pem").write_bytes(self.ca_pem)
+        (directory / "server.pem").write_bytes(b"".join(blob.bytes() for blob in self._cert.cert_chain_pems))
+        key = directory / "server.key"
+        key.touch(mode=0o600)
+        key.write_bytes(self._cert.private_key_pem.bytes())
+        return {"ssl_certfile": str(directory / "server.pem"), "ssl_keyfile": str(key)}
+
+    def remove_files(self) -> None:
+        """Delete the files written by `write_files`. Idempotent."""
+        with self._lock:
+            directory, self._directory = self._directory, None
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
