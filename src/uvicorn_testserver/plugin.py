@@ -1,1 +1,607 @@
-"""The pytest plugin (registered through the ``pytest11`` entry point)."""
+"""The pytest plugin, registered through the ``pytest11`` entry point: live uvicorn servers as fixtures.
+
+Fixtures:
+
+* ``uvicorn_app`` (session): the app under test, from the ini option ``uvicorn_app``, the
+  command-line option ``--uvicorn-app``, or a conftest that overrides the fixture.
+* ``uvicorn_server`` (session by default, see ``uvicorn_server_scope``): one shared live server
+  of ``uvicorn_app``.
+* ``fresh_uvicorn_server`` (function): a live server of ``uvicorn_app`` for one test.
+* ``uvicorn_server_factory`` (function): ``uvicorn_server_factory(app, **options)`` starts any
+  number of servers and stops them all when the test ends.
+
+Options come from ini / command line, then ``@pytest.mark.uvicorn(...)`` markers (the
+closest wins), then the factory's keyword arguments.
+
+The plugin watches only the servers its fixtures start. For each test it remembers
+where each server's log stood and how many app errors it had reported. A failing test
+gets a "uvicorn server log" report section per server it used; app errors raised
+during a test that otherwise passed fail it at teardown. Plugin state lives in
+``config.stash`` and ``item.stash``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+from collections.abc import Generator, Iterator, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from typing import Any, Literal, Protocol, Self, cast, get_args
+
+import pytest
+
+from uvicorn_testserver._errors import ServerExceptionsError, ServerStartupError, ServerStateError, format_exception
+from uvicorn_testserver._logs import format_records
+from uvicorn_testserver._server import LogLevel, UvicornTestServer, describe_app
+from uvicorn_testserver._uvicorn import AppType, check_options
+
+__all__ = ["ServerScope", "UvicornServerFactory"]
+
+ServerScope = Literal["session", "package", "module", "function"]
+_SCOPES: tuple[str, ...] = get_args(ServerScope)
+_LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
+#: Keyword options of UvicornTestServer itself; the others go to uvicorn.Config.
+_HARNESS_OPTIONS = frozenset(inspect.signature(UvicornTestServer.__init__).parameters) - {
+    "self",
+    "app",
+    "uvicorn_options",
+}
+#: The harness options that have an ini option (uvicorn_<name>) of their own.
+_INI_TWINS = frozenset(
+    {"host", "health_path", "startup_timeout", "shutdown_timeout", "log_level", "raise_server_exceptions"}
+)
+_SECTION_TITLE = "uvicorn server log"
+
+_NO_APP = (
+    "uvicorn_server and fresh_uvicorn_server need the app under test, and none is configured. Set it in one of "
+    'three ways: the ini option uvicorn_app = "package.module:app" (in pytest.ini, or [tool.pytest.ini_options] '
+    "in pyproject.toml); the command-line option --uvicorn-app=package.module:app; or a uvicorn_app fixture "
+    "(scope='session') in your conftest.py that returns the app."
+)
+
+
+class UvicornServerFactory(Protocol):
+    """The ``uvicorn_server_factory`` fixture: ``factory(app, **options)`` returns a started server.
+
+    `options` are those of `UvicornTestServer` and override the ini / marker options.
+    Blocks until the server is ready; raises what `UvicornTestServer.start` raises. Every
+    server it made is stopped when the test ends.
+    """
+
+    def __call__(self, app: AppType, /, **options: Any) -> UvicornTestServer: ...
+
+
+# -- options ----------------------------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("uvicorn-testserver", "live uvicorn servers (uvicorn-testserver)")
+
+    def add(name: str, help: str, *, ini_type: Literal["string", "bool", "linelist"] = "string", **cli: Any) -> None:
+        group.addoption("--" + name.replace("_", "-"), dest=name, default=None, help=help + " Ini: " + name, **cli)
+        parser.addini(name, help, type=ini_type, default=_INI_DEFAULTS.get(name))
+
+    add("uvicorn_app", "The app the uvicorn_app fixture serves, as an import string 'package.module:app'.")
+    add(
+        "uvicorn_server_scope",
+        f"Scope of the uvicorn_server fixture: {', '.join(_SCOPES)} (default session).",
+        metavar="SCOPE",
+    )
+    add("uvicorn_host", "Host the plugin's servers bind (default 127.0.0.1).")
+    add("uvicorn_health_path", "Path that must answer 2xx before a plugin server counts as started (default: none).")
+    add("uvicorn_startup_timeout", "Seconds a plugin server may take to start (default 10).", metavar="SECONDS")
+    add("uvicorn_shutdown_timeout", "Seconds a plugin server may take to stop (default 5).", metavar="SECONDS")
+    add("uvicorn_log_level", f"Log level of the plugin's servers: {', '.join(_LOG_LEVELS)} (default info).")
+    add(
+        "uvicorn_raise_server_exceptions",
+        "Fail a test whose app raised an unhandled exception while serving it: true or false (default true).",
+        ini_type="bool",
+        metavar="BOOL",
+    )
+    add(
+        "uvicorn_options",
+        "Extra options for the plugin's servers (uvicorn.Config's, or UvicornTestServer's such as ssl), as "
+        "key=value (the command-line option --uvicorn-options may be repeated). Values true, false, none and "
+        "numbers are converted.",
+        ini_type="linelist",
+        action="append",
+        metavar="KEY=VALUE",
+    )
+
+
+_INI_DEFAULTS: dict[str, Any] = {"uvicorn_raise_server_exceptions": True, "uvicorn_options": []}
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The ini / command-line options, checked."""
+
+    app: str | None
+    scope: ServerScope
+    server_options: dict[str, Any]
+
+
+def _read_settings(config: pytest.Config) -> _Settings:
+    """Read and check the options; raise `pytest.UsageError` naming the option and the valid values."""
+
+    def get(name: str) -> Any:
+        value = config.getoption(name)
+        return config.getini(name) if value is None else value
+
+    app = get("uvicorn_app") or None
+    scope = get("uvicorn_server_scope") or "session"
+    if scope not in _SCOPES:
+        raise pytest.UsageError(f"uvicorn_server_scope must be one of {', '.join(_SCOPES)}, not {scope!r}.")
+    log_level = get("uvicorn_log_level") or "info"
+    if log_level not in _LOG_LEVELS:
+        raise pytest.UsageError(f"uvicorn_log_level must be one of {', '.join(_LOG_LEVELS)}, not {log_level!r}.")
+    options: dict[str, Any] = {"host": get("uvicorn_host") or "127.0.0.1", "log_level": log_level}
+    if health_path := get("uvicorn_health_path"):
+        options["health_path"] = health_path
+    for name, default in (("startup_timeout", 10.0), ("shutdown_timeout", 5.0)):
+        options[name] = _positive_seconds("uvicorn_" + name, get("uvicorn_" + name) or default)
+    options["raise_server_exceptions"] = _boolean(
+        "uvicorn_raise_server_exceptions", get("uvicorn_raise_server_exceptions")
+    )
+    cli_options = config.getoption("uvicorn_options") or []
+    for line in [*config.getini("uvicorn_options"), *cli_options]:
+        key, value = _key_value(line)
+        if key == "port":
+            raise pytest.UsageError(
+                "uvicorn_options cannot set 'port': the plugin's servers take a free port each, so that tests "
+                "(and pytest -n workers) never collide. Use uvicorn_server_factory(app, port=...) if you must."
+            )
+        if key in _INI_TWINS:
+            raise pytest.UsageError(
+                f"uvicorn_options cannot set {key!r}: use the option uvicorn_{key} (--uvicorn-{key.replace('_', '-')})."
+            )
+        options[key] = value
+    _check(options, "uvicorn_options")
+    return _Settings(app=app, scope=cast(ServerScope, scope), server_options=options)
+
+
+def _positive_seconds(name: str, value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds > 0:
+        raise pytest.UsageError(f"{name} must be a positive number of seconds, not {value!r}.")
+    return seconds
+
+
+def _boolean(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "1", "on"):
+        return True
+    if text in ("false", "no", "0", "off"):
+        return False
+    raise pytest.UsageError(f"{name} must be true or false, not {value!r}.")
+
+
+def _key_value(line: str) -> tuple[str, Any]:
+    key, sep, text = line.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise pytest.UsageError(f"uvicorn_options takes key=value lines such as http=h11, not {line!r}.")
+    text = text.strip()
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return key, lowered == "true"
+    if lowered == "none":
+        return key, None
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return key, kind(text)
+    return key, text
+
+
+def _check(options: Mapping[str, Any], where: str) -> None:
+    """Check server options the way `UvicornTestServer` would, as a `pytest.UsageError` that says where."""
+    level = options.get("log_level", "info")
+    if level not in _LOG_LEVELS:
+        raise pytest.UsageError(f"{where}: log_level must be one of {', '.join(_LOG_LEVELS)}, not {level!r}.")
+    if not isinstance(options.get("raise_server_exceptions", True), bool):
+        raise pytest.UsageError(f"{where}: raise_server_exceptions must be True or False.")
+    for name in ("startup_timeout", "shutdown_timeout"):
+        value = options.get(name, 1.0)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            raise pytest.UsageError(f"{where}: {name} must be a positive number of seconds, not {value!r}.")
+    try:
+        check_options({key: value for key, value in options.items() if key not in _HARNESS_OPTIONS})
+    except TypeError as exc:
+        raise pytest.UsageError(f"{where}: {exc}") from None
+
+
+def _marker_options(node: pytest.Item | pytest.Collector, base: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` updated by the ``uvicorn`` markers on `node` and its parents, the closest last (it wins)."""
+    options = dict(base)
+    for marker in reversed(list(node.iter_markers("uvicorn"))):
+        if marker.args:
+            raise pytest.UsageError(
+                f"@pytest.mark.uvicorn takes keyword arguments only (on {node.nodeid}), "
+                f"e.g. @pytest.mark.uvicorn(health_path='/health'); got {marker.args!r}."
+            )
+        if "app" in marker.kwargs:
+            raise pytest.UsageError(
+                f"@pytest.mark.uvicorn cannot set the app (on {node.nodeid}): override the uvicorn_app fixture, "
+                "or use uvicorn_server_factory(app)."
+            )
+        options.update(marker.kwargs)
+    if options != base:
+        _check(options, f"@pytest.mark.uvicorn on {node.nodeid or 'the session'}")
+    return options
+
+
+def _server_scope(fixture_name: str, config: pytest.Config) -> ServerScope:
+    return _state(config).settings.scope
+
+
+# -- the servers the plugin owns ---------------------------------------------------------------
+
+
+class _ManagedServer(UvicornTestServer):
+    """A server started by a plugin fixture; the plugin reports its app errors test by test."""
+
+    def __init__(self, app: AppType, **options: Any) -> None:
+        super().__init__(app, **options)
+        self.errors_taken = 0  # how many of `errors` a test has already been told about
+        self.shared_options: dict[str, Any] | None = None  # the options of a uvicorn_server, which tests share
+
+    def start(self) -> Self:
+        self.errors_taken = 0  # start() clears `errors`
+        return super().start()
+
+    def stop(self) -> None:
+        try:
+            super().stop()
+        except ServerExceptionsError:
+            self.errors_taken = len(self.errors)  # raised into the test: it knows
+            raise
+
+    def stop_quietly(self) -> None:
+        """Stop without raising the app's errors: the plugin reports them for the test they happened in."""
+        with contextlib.suppress(ServerExceptionsError):
+            UvicornTestServer.stop(self)
+
+    def take_errors(self) -> list[BaseException]:
+        """The app errors not reported to any test yet; they count as reported from now on."""
+        errors = self.errors
+        new = errors[min(self.errors_taken, len(errors)) :]
+        self.errors_taken = len(errors)
+        return new
+
+    def settle(self) -> None:
+        """Wait until the server's event loop has finished the step it was in.
+
+        Starlette sends the 500 response before it re-raises the app's exception (and
+        uvicorn logs it), so a client can return before the error and its log line are
+        recorded; the rest of that step records them.
+        """
+        run = self._run
+        if run is not None:
+            run.settle()
+
+
+@dataclass(eq=False)
+class _Watch:
+    """What the plugin knows about the servers around one test."""
+
+    log_marks: dict[_ManagedServer, int] = field(default_factory=dict)
+    created: list[_ManagedServer] = field(default_factory=list)
+    errors: dict[_ManagedServer, list[BaseException]] = field(default_factory=dict)
+    raised: set[int] = field(default_factory=set)  # ids of the errors the teardown failure shows
+    failure: ServerExceptionsError | None = None  # what the teardown check raised
+    raise_override: bool | None = None
+
+    def used(self, item: pytest.Item) -> list[_ManagedServer]:
+        """Servers this test started, or received through a fixture (directly or via other fixtures)."""
+        used = list(self.created)
+        funcargs = getattr(item, "funcargs", {})
+        for value in funcargs.values():
+            if isinstance(value, _ManagedServer) and value not in used:
+                used.append(value)
+        return used
+
+    def take_errors(self, server: _ManagedServer) -> list[BaseException]:
+        server.settle()
+        new = server.take_errors()
+        self.errors.setdefault(server, []).extend(new)
+        return new
+
+
+@dataclass(eq=False)
+class _State:
+    settings: _Settings
+    live: dict[_ManagedServer, None] = field(default_factory=dict)
+    current: _Watch | None = None
+
+    def start(self, app: AppType, options: dict[str, Any]) -> _ManagedServer:
+        if options.get("mode", "thread") != "thread":
+            raise pytest.UsageError(
+                f"the plugin's fixtures run servers in threads, not mode={options['mode']!r}; start "
+                "UvicornTestServer(app, mode='process') yourself in a fixture for a server in a child process."
+            )
+        server = _ManagedServer(app, **options)
+        if self.current is not None:
+            self.current.created.append(server)
+            self.current.log_marks[server] = 0
+        try:
+            server.start()  # on failure nothing is left running
+        except ServerStartupError as exc:
+            # The message, the log tail and the app's chained exception say what failed;
+            # the harness's own frames would only push them off the screen.
+            __tracebackhide__ = True
+            raise exc.with_traceback(None) from exc.__cause__
+        self.live[server] = None
+        return server
+
+    def stop(self, server: _ManagedServer) -> None:
+        self.live.pop(server, None)
+        watch = self.current
+        if watch is not None and server not in watch.log_marks:
+            # A shared server stopped at the end of a test that did not use it: its last errors are this test's.
+            watch.log_marks[server] = server.log.mark()
+            watch.created.append(server)
+        server.stop_quietly()
+
+
+_STATE = pytest.StashKey[_State]()
+_WATCH = pytest.StashKey[_Watch]()
+
+
+def _state(config: pytest.Config) -> _State:
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        state = config.stash[_STATE] = _State(_read_settings(config))
+    return state
+
+
+# -- hooks ----------------------------------------------------------------------------------
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "uvicorn(**options): options for the servers uvicorn-testserver's fixtures start for this test: host, "
+        "health_path, startup_timeout, shutdown_timeout, log_level, raise_server_exceptions, or any uvicorn.Config "
+        "option. @pytest.mark.uvicorn(raise_server_exceptions=False) lets a test provoke app errors on purpose.",
+    )
+    _state(config)  # a bad option is a usage error now, not in the middle of the run
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    settings = _state(config).settings
+    line = f"uvicorn-testserver {version('uvicorn-testserver')}, uvicorn {version('uvicorn')}"
+    if settings.app is not None:
+        line += f", uvicorn_app: {settings.app}"
+    return line + f", uvicorn_server scope: {settings.scope}"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    __tracebackhide__ = True
+    state = _state(item.config)
+    watch = _Watch(log_marks={server: server.log.mark() for server in state.live})
+    item.stash[_WATCH] = watch
+    state.current = watch
+    for marker in item.iter_markers("uvicorn"):  # the closest first
+        if isinstance(marker.kwargs.get("raise_server_exceptions"), bool):
+            watch.raise_override = marker.kwargs["raise_server_exceptions"]
+            break
+    result = yield
+    for server in watch.used(item):
+        started_with = server.shared_options
+        if started_with is not None:
+            _check_shared(item, state, started_with, _marker_options(item, state.settings.server_options))
+    return result
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    # trylast: inside pytest's log capture, so what the server logs at the end of the test is in "Captured log call".
+    try:
+        return (yield)
+    finally:
+        watch = item.stash.get(_WATCH, None)
+        for server in watch.used(item) if watch is not None else ():
+            server.settle()
+
+
+def _check_shared(item: pytest.Item, state: _State, started_with: dict[str, Any], wanted: dict[str, Any]) -> None:
+    differ = sorted(
+        key
+        for key in started_with.keys() | wanted.keys()
+        if key != "raise_server_exceptions" and started_with.get(key) != wanted.get(key)
+    )
+    if differ:
+        asked = ", ".join(f"{key}={wanted.get(key)!r}" for key in differ)
+        raise pytest.UsageError(
+            f"{item.nodeid} asks for {asked} with @pytest.mark.uvicorn, but uvicorn_server is shared "
+            f"(scope {state.settings.scope!r}) and was started without it. Use fresh_uvicorn_server or "
+            "uvicorn_server_factory in this test, mark the whole module, or set uvicorn_server_scope = function."
+        )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    __tracebackhide__ = True  # the failure is the app's: show its traceback, not this hook
+    state = _state(item.config)
+    try:
+        result = yield
+    except BaseException as teardown_error:
+        failure = _teardown_failure(item)
+        if failure is not None:
+            teardown_error.add_note(str(failure))
+        raise
+    finally:
+        state.current = None
+    failure = _teardown_failure(item)
+    if failure is not None:
+        item.stash[_WATCH].failure = failure
+        raise failure
+    return result
+
+
+def _teardown_failure(item: pytest.Item) -> ServerExceptionsError | None:
+    """The app errors of this test not reported yet, if the test is to fail for them."""
+    watch = item.stash.get(_WATCH, None)
+    if watch is None:
+        return None
+    failures = []
+    for server in watch.used(item):
+        errors = watch.take_errors(server)
+        if server.shared_options is not None and watch.raise_override is not None:
+            raise_them = watch.raise_override
+        else:
+            raise_them = server.raise_server_exceptions
+        if errors and raise_them:
+            failures.append(_exceptions_error(server, errors))
+            watch.raised.update(id(error) for error in errors)
+    if not failures:
+        return None
+    for other in failures[1:]:
+        failures[0].add_note(str(other))
+    return failures[0]
+
+
+def _exceptions_error(server: _ManagedServer, errors: list[BaseException]) -> ServerExceptionsError:
+    error = ServerExceptionsError(errors, host=server.host, port=server.port, app=describe_app(server.app))
+    hint = (
+        "The test used this server while the app raised. For a test that provokes them on purpose: "
+        "@pytest.mark.uvicorn(raise_server_exceptions=False). The server's log is in the 'uvicorn server log' section."
+    )
+    error.args = (f"{error.args[0]}\n{hint}",)  # shown as the report's text, where notes are not
+    return error
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report: pytest.TestReport = yield
+    watch = item.stash.get(_WATCH, None)
+    if watch is None or not report.failed:
+        return report
+    if call.excinfo is not None and watch.failure is not None and call.excinfo.value is watch.failure:
+        # The message holds the app's tracebacks; the frames of this plugin that raised it say nothing.
+        report.longrepr = call.excinfo.getrepr(style="value")
+    for server in watch.used(item):
+        if call.when != "teardown":  # the teardown check has just taken them
+            watch.take_errors(server)
+        title, text = _section(server, watch.log_marks.get(server, 0), watch.errors.get(server, []), watch.raised)
+        report.sections.append((title, text))
+    return report
+
+
+def _section(server: _ManagedServer, log_mark: int, errors: list[BaseException], raised: set[int]) -> tuple[str, str]:
+    """A report section: what `server` logged during the test, then the app's errors with their tracebacks.
+
+    Each traceback is shown once: after the log, or in the failure above it if the
+    plugin raised them at teardown. A log line that reported one refers to it.
+    """
+    app_errors = {id(error) for error in errors}
+    lines = []
+    for record in server.log.records_since(log_mark):
+        error = record.exc_info[1] if record.exc_info else None
+        if error is None or id(error) not in app_errors:
+            lines.append(format_records([record]))
+            continue
+        plain = copy.copy(record)
+        plain.exc_info = plain.exc_text = None
+        where = "in the error above" if id(error) in raised else "below"
+        lines.append(f"{format_records([plain]).rstrip()} [{type(error).__name__}, traceback {where}]")
+    if not lines:
+        lines.append("(the server logged nothing during this test)")
+    unshown = [error for error in errors if id(error) not in raised]
+    if unshown:
+        count = len(unshown)
+        lines.append(f"The app raised {count} unhandled exception{'s' if count != 1 else ''} during this test:")
+        lines.extend(format_exception(error) for error in unshown)
+    return f"{_SECTION_TITLE}: {describe_app(server.app)} on {_where(server)}", "\n".join(lines)
+
+
+def _where(server: UvicornTestServer) -> str:
+    try:
+        return f"{server.host}:{server.port}"
+    except ServerStateError:  # it never bound a port
+        return server.host
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def uvicorn_app(pytestconfig: pytest.Config) -> AppType:
+    """The app under test, as an import string, from ini ``uvicorn_app`` or ``--uvicorn-app``.
+
+    Override it in a conftest (with ``scope="session"``) to return the app object itself.
+    Raises `pytest.UsageError` if neither is set.
+    """
+    app = _state(pytestconfig).settings.app
+    if app is None:
+        raise pytest.UsageError(_NO_APP)
+    return app
+
+
+@pytest.fixture(scope=_server_scope)
+def uvicorn_server(request: pytest.FixtureRequest, uvicorn_app: AppType) -> Iterator[UvicornTestServer]:
+    """One live server of ``uvicorn_app`` shared by the tests of its scope (session unless configured).
+
+    Scope from the ini option ``uvicorn_server_scope``: session, package, module or function.
+    pytest scopes a package fixture to the package that defines it, so with ``package`` a
+    package gets its own server once its conftest.py has
+    ``from uvicorn_testserver.plugin import uvicorn_server``. Markers on the scope's node (a
+    module's ``pytestmark``, say) apply; a test-level marker that would need other server
+    options is a usage error: use ``fresh_uvicorn_server`` for that.
+    """
+    __tracebackhide__ = True
+    state = _state(request.config)
+    options = _marker_options(request.node, state.settings.server_options)
+    server = state.start(uvicorn_app, options)
+    server.shared_options = options
+    yield server
+    state.stop(server)
+
+
+@pytest.fixture
+def fresh_uvicorn_server(request: pytest.FixtureRequest, uvicorn_app: AppType) -> Iterator[UvicornTestServer]:
+    """A live server of ``uvicorn_app`` for this test alone, stopped when it ends."""
+    __tracebackhide__ = True
+    state = _state(request.config)
+    server = state.start(uvicorn_app, _marker_options(request.node, state.settings.server_options))
+    yield server
+    state.stop(server)
+
+
+@pytest.fixture
+def uvicorn_server_factory(request: pytest.FixtureRequest) -> Iterator[UvicornServerFactory]:
+    """``uvicorn_server_factory(app, **options)``: start servers of any app; all stop when the test ends.
+
+    The servers stop in reverse order, each even if stopping another raised; the first
+    such error is raised at teardown, the others added to it as notes.
+    """
+    state = _state(request.config)
+    defaults = _marker_options(request.node, state.settings.server_options)
+    made: list[_ManagedServer] = []
+
+    def factory(app: AppType, /, **options: Any) -> UvicornTestServer:
+        server = state.start(app, {**defaults, **options})
+        made.append(server)
+        return server
+
+    yield factory
+    failures: list[BaseException] = []
+    for server in reversed(made):
+        try:
+            state.stop(server)
+        except Exception as exc:  # noqa: BLE001 - every server must be stopped; the first error is raised below
+            failures.append(exc)
+    if failures:
+        for other in failures[1:]:
+            failures[0].add_note(f"Stopping another server also failed: {other!r}")
+        raise failures[0]
