@@ -137,6 +137,16 @@ async def startup_hangs_app(scope: Scope, receive: Receive, send: Send) -> None:
     raise AssertionError("never serves")  # pragma: no cover
 
 
+@contextlib.asynccontextmanager
+async def _hangs_at_shutdown(app: Starlette) -> AsyncIterator[None]:
+    yield
+    await asyncio.Event().wait()  # never set: only a forced exit ends it
+
+
+shutdown_hangs_app = Starlette(lifespan=_hangs_at_shutdown)
+"""An app whose lifespan shutdown awaits something that never happens (without blocking the loop)."""
+
+
 def health_app(flags: Flags, *, failures: int) -> Starlette:
     """``GET /health`` answers 503 the first `failures` times, then 200; `flags.hits` counts calls."""
 
@@ -155,7 +165,8 @@ def health_app(flags: Flags, *, failures: int) -> Starlette:
 def slow_app(flags: Flags, *, seconds: float) -> Starlette:
     """``GET /slow`` sets `flags.entered`, awaits `seconds`, sets `flags.finished`, answers ``done``.
 
-    ``GET /block`` sets `flags.entered` and then blocks the event loop with `time.sleep(seconds)`.
+    ``GET /block`` sets `flags.entered` and then blocks the event loop until `flags.release`
+    is set, `seconds` at most.
     """
 
     async def slow(request: Request) -> PlainTextResponse:
@@ -166,7 +177,7 @@ def slow_app(flags: Flags, *, seconds: float) -> Starlette:
 
     async def block(request: Request) -> PlainTextResponse:
         flags.entered.set()
-        time.sleep(seconds)  # on purpose: a handler that blocks the loop
+        flags.release.wait(seconds)  # on purpose: a handler that blocks the loop
         return PlainTextResponse("blocked")
 
     return Starlette(routes=[Route("/slow", slow), Route("/block", block)])

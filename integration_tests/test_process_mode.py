@@ -168,7 +168,7 @@ def test_an_import_error_in_the_child_fails_the_start_at_once() -> None:
         ServerStartupError, match=r"failed to start: cannot import the app 'apps_process:missing'.*\(exit code 3\)"
     ):
         server.start()
-    assert time.monotonic() - started_at < 10, "a failing child must be reported at once, not at startup_timeout"
+    assert time.monotonic() - started_at < 20, "a failing child must be reported at once, not at startup_timeout"
     assert server.returncode == 3
     assert not server.is_running
 

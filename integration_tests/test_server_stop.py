@@ -18,7 +18,16 @@ from urllib3.connection import HTTPConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from apps import Flags, gated_stream_app, hello_app, lifespan_app, server_threads, slow_app, ws_app
+from apps import (
+    Flags,
+    gated_stream_app,
+    hello_app,
+    lifespan_app,
+    server_threads,
+    shutdown_hangs_app,
+    slow_app,
+    ws_app,
+)
 from uvicorn_testserver import ServerShutdownError, UvicornTestServer
 from uvicorn_testserver.demo import app as demo_app
 
@@ -85,8 +94,8 @@ def test_stop_runs_lifespan_shutdown() -> None:
 
 def test_stop_raises_shutdown_error_when_a_handler_blocks_the_loop() -> None:
     flags = Flags()
-    # Blocks longer than shutdown_timeout plus the harness's stop margins (about 2 s).
-    server = UvicornTestServer(slow_app(flags, seconds=3.0), shutdown_timeout=0.1).start()
+    # Blocks until released: far longer than shutdown_timeout plus the harness's stop margins (about 2 s).
+    server = UvicornTestServer(slow_app(flags, seconds=60), shutdown_timeout=0.1).start()
     port = server.port
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         response = pool.submit(requests.get, server.url("/block"), timeout=10)
@@ -103,10 +112,20 @@ def test_stop_raises_shutdown_error_when_a_handler_blocks_the_loop() -> None:
         # The thread was left behind; once the handler returns it ends on its own.
         left = server_threads(port)
         assert left
+        flags.release.set()
         for thread in left:
             thread.join(10)
         assert server_threads(server.port) == []
         response.result()
+
+
+def test_stop_forces_the_exit_of_a_lifespan_shutdown_that_never_ends() -> None:
+    server = UvicornTestServer(shutdown_hangs_app, shutdown_timeout=0.1).start()
+    port = server.port
+    server.stop()  # the forced exit cancels the await, so the thread ends: nothing to raise
+    assert not server.is_running
+    assert server_threads(port) == []
+    assert "did not stop within shutdown_timeout=0.1s; forcing its exit" in server.log.text
 
 
 def test_stream_arrives_incrementally_with_requests() -> None:

@@ -163,7 +163,7 @@ class LoopRunner:
         assert run.task is not None
         url = f"http://{connect_host(self._settings.host)}:{self._port}{path}"
         delay = 0.002
-        last = "no answer yet"
+        answered = ""  # the last answer, which says more than a last try that timed out
         async with aiohttp.ClientSession() as session:
             while True:
                 if run.task.done():
@@ -175,9 +175,9 @@ class LoopRunner:
                             await response.read()
                     if 200 <= response.status < 300:
                         return
-                    last = f"it answered {response.status} {response.reason}"
+                    last = answered = f"it answered {response.status} {response.reason}"
                 except (aiohttp.ClientError, OSError) as exc:
-                    last = f"the last try raised {exc!r}"
+                    last = f"{answered}; the last try raised {exc!r}" if answered else f"the last try raised {exc!r}"
                 if time.monotonic() + delay >= deadline:
                     raise self._startup_error(
                         f"health check GET {path} did not answer 2xx within startup_timeout="

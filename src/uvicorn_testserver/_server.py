@@ -26,7 +26,7 @@ from uvicorn_testserver._errors import (
     ServerStartupError,
     ServerStateError,
 )
-from uvicorn_testserver._logs import ServerLog, capture_into, install_capture, log_level_lease
+from uvicorn_testserver._logs import ServerLog, capture_into, harness_logger, install_capture, log_level_lease
 from uvicorn_testserver._tls import server_tls
 from uvicorn_testserver._uvicorn import (
     AppType,
@@ -410,38 +410,60 @@ class UvicornTestServer:
                 started_at,
             ) from None
         if self.health_path is not None:
-            self._wait_healthy(run, started_at, deadline)
 
-    def _wait_healthy(self, run: _Run, started_at: float, deadline: float) -> None:
-        assert self.health_path is not None
+            def ended() -> ServerStartupError | None:
+                if run.thread is None or run.thread.is_alive():
+                    return None
+                error = self._startup_error(f"stopped while waiting for {self.health_path} to answer 2xx", started_at)
+                error.__cause__ = run.crash
+                return error
+
+            self._wait_healthy(deadline, ended, lambda what: self._startup_error(what, started_at))
+
+    def _wait_healthy(
+        self,
+        deadline: float,
+        ended: Callable[[], ServerStartupError | None],
+        failed: Callable[[str], ServerStartupError],
+    ) -> None:
+        """Poll GET `health_path` with a short back-off until it answers 2xx.
+
+        Raises what `ended()` returns once the server is gone, or `failed(what)` at `deadline`.
+        """
         delay = 0.002
-        last = "no answer yet"
+        answered = ""  # the last answer, which says more than a last try that timed out
         while True:
-            if run.thread is not None and not run.thread.is_alive():
-                raise self._startup_error(
-                    f"stopped while waiting for {self.health_path} to answer 2xx", started_at
-                ) from run.crash
-            connection = self._health_connection(timeout=max(0.1, deadline - time.monotonic()))
-            try:
-                connection.request("GET", self.health_path)
-                response = connection.getresponse()
-                response.read()
-                if 200 <= response.status < 300:
+            error = ended()
+            if error is not None:
+                raise error
+            status, last = self._probe_health(deadline)
+            if status is not None:
+                if 200 <= status < 300:
                     return
-                last = f"it answered {response.status} {response.reason}"
-            except (OSError, http.client.HTTPException) as exc:
-                last = f"the last try raised {exc!r}"
-            finally:
-                connection.close()
+                answered = last
+            else:
+                last = f"{answered}; the last try raised {last}" if answered else f"the last try raised {last}"
             if time.monotonic() + delay >= deadline:
-                raise self._startup_error(
+                raise failed(
                     f"health check GET {self.health_path} did not answer 2xx within "
                     f"startup_timeout={self.startup_timeout}s ({last}). Check the route and what it depends on, "
-                    "or raise startup_timeout",
-                    started_at,
+                    "or raise startup_timeout"
                 )
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
+
+    def _probe_health(self, deadline: float) -> tuple[int | None, str]:
+        """GET `health_path` once; return the status and what it answered, or None and the error."""
+        connection = self._health_connection(timeout=max(0.1, deadline - time.monotonic()))
+        try:
+            connection.request("GET", str(self.health_path))
+            response = connection.getresponse()
+            response.read()
+            return response.status, f"it answered {response.status} {response.reason}"
+        except (OSError, http.client.HTTPException) as exc:
+            return None, repr(exc)
+        finally:
+            connection.close()
 
     def _startup_error(self, what: str, started_at: float) -> ServerStartupError:
         elapsed = time.monotonic() - started_at
@@ -471,6 +493,10 @@ class UvicornTestServer:
                 return
             _running.discard(self)
             self._stop_run(run)
+        self._raise_app_errors()
+
+    def _raise_app_errors(self) -> None:
+        """After a stop: raise `ServerExceptionsError` for the app's errors, if told to."""
         if self.raise_server_exceptions and self._errors:
             raise ServerExceptionsError(
                 self._errors,
@@ -491,7 +517,12 @@ class UvicornTestServer:
             if not run.server.started:
                 run.cancel()  # still starting (a startup that hangs): abort it
             thread.join(self.shutdown_timeout + _STOP_MARGIN)
-            if thread.is_alive():
+            forced = thread.is_alive()
+            if forced:
+                with capture_into(self._log):
+                    harness_logger.warning(
+                        "The server did not stop within shutdown_timeout=%ss; forcing its exit.", self.shutdown_timeout
+                    )
                 run.server.force_exit = True
                 run.cancel()
                 thread.join(_FORCE_GRACE)
@@ -508,7 +539,9 @@ class UvicornTestServer:
                     elapsed=elapsed,
                     log_tail=self._log.tail(),
                 )
-            if run.crash is not None and run.ready.done() and run.ready.exception() is None:
+            # A forced exit cancels the server's task: that CancelledError is the harness's, not a crash.
+            cancelled_by_us = forced and isinstance(run.crash, asyncio.CancelledError)
+            if run.crash is not None and not cancelled_by_us and run.ready.done() and run.ready.exception() is None:
                 raise ServerShutdownError(
                     f"the event loop of the uvicorn server for {self._app_name()} on {self._host}:{self._port} "
                     f"crashed while serving: {run.crash!r}.",
