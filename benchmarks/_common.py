@@ -27,10 +27,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def naive_thread_server(app: Any, port: int | None = None) -> Iterator[str]:
+def naive_thread_server(app: Any, port: int | None = None, **options: Any) -> Iterator[str]:
     """The pasted recipe: uvicorn.Server in a thread, poll `started`, `should_exit`, join."""
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

@@ -13,11 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import threading
 import time
 
 import aiohttp
 import requests
-from _common import naive_thread_server, print_table, sample, summary, write_json
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from starlette.applications import Starlette
@@ -25,7 +25,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from uvicorn_testserver import UvicornTestServer
+from _common import naive_thread_server, print_table, sample, summary, write_json
+from uvicorn_testserver import AsyncTestServer, UvicornTestServer
 
 
 async def hello(request: object) -> PlainTextResponse:
@@ -37,6 +38,10 @@ app = Starlette(routes=[Route("/", hello)])
 
 def cycle_harness() -> None:
     UvicornTestServer(app).start().stop()
+
+
+def cycle_process() -> None:
+    UvicornTestServer("bench_cycle:app", mode="process").start().stop()  # the child imports this file
 
 
 def cycle_naive() -> None:
@@ -57,6 +62,32 @@ def aiohttp_cycles(loop: asyncio.AbstractEventLoop, count: int) -> list[float]:
             server = TestServer(web.Application())
             await server.start_server()
             await server.close()
+            durations.append(time.perf_counter() - start)
+        return durations
+
+    return loop.run_until_complete(run())
+
+
+def aiohttp_thread_cycle() -> None:
+    """aiohttp's TestServer as a sync test must run it: in a thread, on a new event loop."""
+
+    async def cycle() -> None:
+        server = TestServer(web.Application())
+        await server.start_server()
+        await server.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(cycle(),))
+    thread.start()
+    thread.join()
+
+
+def loop_mode_cycles(loop: asyncio.AbstractEventLoop, count: int) -> list[float]:
+    async def run() -> list[float]:
+        durations = []
+        for _ in range(count):
+            start = time.perf_counter()
+            async with AsyncTestServer(app, mode="loop"):
+                pass
             durations.append(time.perf_counter() - start)
         return durations
 
@@ -94,33 +125,48 @@ def main() -> None:
     logging.getLogger("uvicorn").setLevel(logging.WARNING)
     loop = asyncio.new_event_loop()
 
-    cycles: dict[str, list[float]] = {"harness": [], "naive": [], "aiohttp": [], "starlette": []}
-    rates: dict[str, list[float]] = {"harness/requests": [], "bare/requests": [], "harness/aiohttp": [], "bare/aiohttp": []}
+    cycles: dict[str, list[float]] = {
+        name: [] for name in ("harness", "loop", "process", "naive", "aiohttp", "aiohttp-thread", "starlette")
+    }
+    rates: dict[str, list[float]] = {
+        f"{server}/{client}": [] for server in ("harness", "bare") for client in ("requests", "aiohttp")
+    }
     cycle_harness()  # warm up imports and protocol classes
-    for _ in range(rounds):
+    for round_number in range(rounds):
         cycles["harness"] += sample(cycle_harness, fast)
+        cycles["loop"] += loop_mode_cycles(loop, fast)
+        cycles["process"] += sample(cycle_process, slow)
         cycles["naive"] += sample(cycle_naive, slow)
         cycles["aiohttp"] += aiohttp_cycles(loop, fast)
+        cycles["aiohttp-thread"] += sample(aiohttp_thread_cycle, fast)
         cycles["starlette"] += sample(cycle_starlette_testclient, fast)
-        with UvicornTestServer(app) as server:
-            rates["harness/requests"].append(request_rate_requests(server.base_url, requests_per_run))
-            rates["harness/aiohttp"].append(request_rate_aiohttp(loop, server.base_url, requests_per_run))
-        with naive_thread_server(app) as base_url:
-            rates["bare/requests"].append(request_rate_requests(base_url, requests_per_run))
-            rates["bare/aiohttp"].append(request_rate_aiohttp(loop, base_url, requests_per_run))
+        # Alternate which server goes first, so a trend in machine load favours neither.
+        for kind in ("harness", "bare") if round_number % 2 == 0 else ("bare", "harness"):
+            # A stalled machine can pause a client past uvicorn's 5 s keep-alive; give both servers longer.
+            with (
+                UvicornTestServer(app, timeout_keep_alive=60)
+                if kind == "harness"
+                else naive_thread_server(app, timeout_keep_alive=60) as server
+            ):
+                base_url = server if isinstance(server, str) else server.base_url
+                rates[f"{kind}/requests"].append(request_rate_requests(base_url, requests_per_run))
+                rates[f"{kind}/aiohttp"].append(request_rate_aiohttp(loop, base_url, requests_per_run))
     loop.close()
 
     stats = {name: summary(values) for name, values in cycles.items()}
     baseline = stats["aiohttp"]["median_ms"]
     labels = {
         "harness": "UvicornTestServer (thread)",
+        "loop": "AsyncTestServer(mode='loop') (in-loop)",
+        "process": "UvicornTestServer(mode='process') (child process)",
         "naive": "naive uvicorn.Server thread (poll `started`, join)",
         "aiohttp": "aiohttp TestServer (in-loop, baseline)",
+        "aiohttp-thread": "aiohttp TestServer in a thread with its own loop",
         "starlette": "Starlette TestClient (in-process, no socket)",
     }
     print_table(
         "Start+stop cycle (lower is better)",
-        ["contender", "runs", "median ms", "p10 ms", "p90 ms", "× aiohttp"],
+        ["contender", "runs", "median ms", "p10 ms", "p90 ms", "x aiohttp"],
         [
             [labels[name], s["runs"], s["median_ms"], s["p10_ms"], s["p90_ms"], s["median_ms"] / baseline]
             for name, s in stats.items()
@@ -131,8 +177,12 @@ def main() -> None:
         "Requests per second over one keep-alive connection (higher is better)",
         ["client", "UvicornTestServer", "bare uvicorn thread", "harness / bare"],
         [
-            [client, medians[f"harness/{client}"], medians[f"bare/{client}"],
-             medians[f"harness/{client}"] / medians[f"bare/{client}"]]
+            [
+                client,
+                medians[f"harness/{client}"],
+                medians[f"bare/{client}"],
+                medians[f"harness/{client}"] / medians[f"bare/{client}"],
+            ]
             for client in ("requests", "aiohttp")
         ],
     )
