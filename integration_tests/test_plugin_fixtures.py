@@ -200,7 +200,7 @@ def test_factory_stops_every_server_even_when_one_stop_raises(pytester: pytest.P
             @contextlib.asynccontextmanager
             async def blocks_at_shutdown(app):
                 yield
-                time.sleep(30)  # blocks the event loop far past the 2.1 s that stop() waits with shutdown_timeout=0.1
+                time.sleep(30)  # blocks the event loop far past the 4.1 s that stop() waits with shutdown_timeout=0.1
 
             app = Starlette(lifespan=blocks_at_shutdown)
         """,

@@ -94,7 +94,7 @@ def test_stop_runs_lifespan_shutdown() -> None:
 
 def test_stop_raises_shutdown_error_when_a_handler_blocks_the_loop() -> None:
     flags = Flags()
-    # Blocks until released: far longer than shutdown_timeout plus the harness's stop margins (about 2 s).
+    # Blocks until released: far longer than shutdown_timeout plus the harness's stop margins (about 4 s).
     server = UvicornTestServer(slow_app(flags, seconds=60), shutdown_timeout=0.1).start()
     port = server.port
     with concurrent.futures.ThreadPoolExecutor(1) as pool:

@@ -118,22 +118,12 @@ class LoopRunner:
                 server = HarnessServer(config, on_app_error=self._errors.append)
                 run = _LoopRun(server, sock, cleanup, asyncio.get_running_loop().create_future())
                 run.task = asyncio.create_task(
-                    self._serve(run), name=f"uvicorn-testserver {settings.host}:{self._port}"
+                    run.server.serve_on(run.sock, run.ready), name=f"uvicorn-testserver {settings.host}:{self._port}"
                 )
         except BaseException:
             cleanup.close()
             raise
         return run
-
-    @staticmethod
-    async def _serve(run: _LoopRun) -> None:
-        try:
-            await run.server.start(run.sock)
-        except StartupFailed as exc:
-            run.ready.set_exception(exc)
-            return
-        run.ready.set_result(None)
-        await run.server.serve_until_exit(run.sock)
 
     async def _wait_ready(self, run: _LoopRun, started_at: float) -> None:
         assert run.task is not None

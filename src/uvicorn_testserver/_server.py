@@ -58,7 +58,8 @@ _LEVELS: dict[str, int] = {
 }
 # Extra time stop() gives lifespan shutdown after the graceful drain, and a forced exit after that.
 _STOP_MARGIN = 1.0
-_FORCE_GRACE = 1.0
+# A forced exit needs the server thread scheduled once more; shared CI machines stall for seconds.
+_FORCE_GRACE = 3.0
 
 
 @dataclass(eq=False)
@@ -388,13 +389,7 @@ class UvicornTestServer:
     async def _serve(self, run: _Run) -> None:
         run.loop = asyncio.get_running_loop()
         run.task = asyncio.current_task()
-        try:
-            await run.server.start(run.sock)
-        except StartupFailed as exc:
-            run.ready.set_exception(exc)
-            return
-        run.ready.set_result(None)
-        await run.server.serve_until_exit(run.sock)
+        await run.server.serve_on(run.sock, run.ready)
 
     def _wait_ready(self, run: _Run, started_at: float) -> None:
         deadline = started_at + self.startup_timeout

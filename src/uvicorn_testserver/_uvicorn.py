@@ -42,7 +42,7 @@ import inspect
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from uvicorn.config import LOOP_FACTORIES
@@ -98,6 +98,13 @@ def make_config(app: AppType, *, shutdown_timeout: float, options: dict[str, Any
         timeout_graceful_shutdown=shutdown_timeout,  # type: ignore[arg-type]  # uvicorn annotates int, uses it as float
         **options,
     )
+
+
+class _Ready(Protocol):
+    """Where `HarnessServer.serve_on` reports readiness: a concurrent or an asyncio future."""
+
+    def set_result(self, result: None, /) -> None: ...
+    def set_exception(self, exception: BaseException, /) -> None: ...
 
 
 class StartupFailed(Exception):
@@ -212,6 +219,16 @@ class HarnessServer(uvicorn.Server):
         if self._recorder is not None:
             # An app without lifespan support raises on the lifespan scope; that is not an error.
             self._recorder.lifespan_error = None
+
+    async def serve_on(self, sock: socket.socket, ready: _Ready) -> None:
+        """`start` on `sock`, report the outcome through `ready`, then serve until `should_exit`."""
+        try:
+            await self.start(sock)
+        except StartupFailed as exc:
+            ready.set_exception(exc)
+            return
+        ready.set_result(None)
+        await self.serve_until_exit(sock)
 
     async def serve_until_exit(self, sock: socket.socket) -> None:
         """Serve until `should_exit`, then shut down gracefully (after a successful `start`)."""
