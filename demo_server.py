@@ -12,8 +12,6 @@ import argparse
 import logging
 import signal
 import sys
-import threading
-from types import FrameType
 
 from uvicorn_testserver import ServerError, UvicornTestServer
 from uvicorn_testserver.demo import app
@@ -27,13 +25,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # This script is the application, so it may configure logging (the library never does).
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop_requested = threading.Event()
-
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop_requested.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    # Wait for Ctrl-C / SIGTERM with sigwait rather than a handler: a handler that sets a
+    # threading.Event deadlocks when a second signal lands inside the first (Ctrl-C reaches
+    # both `uv run` and this process, and uv forwards it once more). Blocked here, before the
+    # server thread starts, the signals are queued for the main thread alone.
+    stop_signals = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
     server = UvicornTestServer(app, args.host, args.port, log_level="info", health_path="/health")
     try:
@@ -52,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  uv run python -m websockets {server.ws_url}/ws/echo\n",
         flush=True,
     )
-    stop_requested.wait()
+    signal.sigwait(stop_signals)
     print("Stopping...", flush=True)
     server.stop()
     print("Stopped.", flush=True)

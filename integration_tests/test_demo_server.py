@@ -67,6 +67,20 @@ def test_demo_server_serves_routes_and_exits_0_on_signal(
     assert "Stopped." in process.stdout.read()
 
 
+def test_demo_server_exits_0_when_ctrl_c_arrives_several_times(demo: tuple[subprocess.Popen[str], str]) -> None:
+    # In a terminal, Ctrl-C reaches both `uv run` and the script, and uv forwards it again;
+    # a signal handler that sets a threading.Event deadlocked on the second one.
+    process, _ = demo
+    for _ in range(500):  # spread out, so that some land while the script handles the first
+        if process.poll() is not None:
+            break
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.0005)
+    assert process.wait(20) == 0
+    assert process.stdout is not None
+    assert "Stopped." in process.stdout.read()
+
+
 def test_demo_server_reports_a_taken_port(demo: tuple[subprocess.Popen[str], str]) -> None:
     _, url = demo
     port = url.rsplit(":", 1)[1]
