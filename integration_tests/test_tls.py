@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 import sys
 import time
@@ -16,7 +17,7 @@ import trustme
 import websockets.asyncio.client
 import websockets.sync.client
 
-from apps import hello_app, ws_app
+from apps import hello_app, restored_resources, ws_app
 from uvicorn_testserver import ServerStartupError, ServerStateError, UvicornTestServer
 
 
@@ -115,6 +116,21 @@ def test_stop_does_not_wait_for_an_idle_tls_keep_alive_client() -> None:
     # asyncio waits for the idle client's TLS close_notify; the harness must not wait out its 10 s drain.
     assert elapsed < server.shutdown_timeout, f"stop took {elapsed:.2f}s"
     assert "Cut" not in server.log.text
+
+
+def test_stop_after_the_server_closed_a_tls_connection_the_client_left_open() -> None:
+    with restored_resources():
+        with UvicornTestServer(hello_app, ssl=True, shutdown_timeout=10) as server:
+            raw = socket.create_connection((server.host, server.port), timeout=5)
+            with server.ssl_context.wrap_socket(raw, server_hostname=server.host) as client:
+                client.sendall(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+                answer = b""
+                while not answer.endswith(b"hello"):
+                    answer += client.recv(4096)
+                # uvicorn has closed its side and waits for a close_notify the client never sends;
+                # stop() must neither close that transport a second time nor leave its socket open.
+                server.stop()
+    assert "Traceback" not in server.log.text
 
 
 def test_the_ca_file_is_removed_on_stop() -> None:

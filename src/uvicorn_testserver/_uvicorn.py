@@ -269,6 +269,11 @@ class HarnessServer(uvicorn.Server):
         for server in self.servers:
             server.close()
         for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None and transport.is_closing():
+                # Closing it again would make asyncio's TLS transport drop its protocol, and with
+                # it the way to abort the socket underneath.
+                continue
             try:
                 connection.shutdown()
             except Exception as exc:  # noqa: BLE001 - one connection must not stop the shutdown of the others
@@ -333,12 +338,13 @@ def _with_access_log(protocol_class: type[asyncio.Protocol]) -> type[asyncio.Pro
 
 def _closed_tls(transport: Any) -> bool:
     """True for a TLS transport that is closing with nothing left to send."""
-    return (
-        transport is not None
-        and transport.get_extra_info("sslcontext") is not None
-        and transport.is_closing()
-        and transport.get_write_buffer_size() == 0
-    )
+    if transport is None or not transport.is_closing():
+        return False
+    try:
+        return transport.get_extra_info("sslcontext") is not None and transport.get_write_buffer_size() == 0
+    except AttributeError:
+        # asyncio's TLS transport drops its protocol when close() is called twice: it is done.
+        return True
 
 
 @functools.cache
