@@ -137,6 +137,12 @@ async def startup_hangs_app(scope: Scope, receive: Receive, send: Send) -> None:
     raise AssertionError("never serves")  # pragma: no cover
 
 
+def slow_event_loop() -> asyncio.AbstractEventLoop:
+    """A loop factory (``loop="apps:slow_event_loop"``) that takes a second, like a loaded machine."""
+    time.sleep(1.0)
+    return asyncio.new_event_loop()
+
+
 @contextlib.asynccontextmanager
 async def _hangs_at_shutdown(app: Starlette) -> AsyncIterator[None]:
     yield

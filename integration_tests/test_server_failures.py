@@ -154,6 +154,18 @@ def test_start_raises_when_lifespan_startup_never_completes(start_fails: StartFa
     assert 0.5 <= error.elapsed < 0.5 + FAST
 
 
+def test_a_start_that_times_out_before_the_loop_exists_does_not_wait_for_shutdown_timeout(
+    start_fails: StartFails,
+) -> None:
+    start_fails(
+        apps.startup_hangs_app,
+        loop="apps:slow_event_loop",
+        startup_timeout=0.2,
+        shutdown_timeout=20,  # what the clean-up would wait if the cancel got lost
+        match=r"was not ready within startup_timeout=0\.2s",
+    )
+
+
 def test_start_raises_when_lifespan_on_and_the_app_has_none(start_fails: StartFails) -> None:
     async def http_only(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":

@@ -74,9 +74,14 @@ class _Run:
     loop: asyncio.AbstractEventLoop | None = None
     task: asyncio.Task[None] | None = None
     crash: BaseException | None = None
+    cancelled: bool = False
 
     def cancel(self) -> None:
-        """Cancel the server's main task from another thread (a start that hangs)."""
+        """Cancel the server's main task from another thread (a start that hangs).
+
+        A thread that has not created its task yet sees `cancelled` and does not serve.
+        """
+        self.cancelled = True
         loop, task = self.loop, self.task
         if loop is not None and task is not None:
             with contextlib.suppress(RuntimeError):  # the loop is already closed
@@ -389,6 +394,8 @@ class UvicornTestServer:
     async def _serve(self, run: _Run) -> None:
         run.loop = asyncio.get_running_loop()
         run.task = asyncio.current_task()
+        if run.cancelled:  # start() gave up before this thread got this far
+            return
         await run.server.serve_on(run.sock, run.ready)
 
     def _wait_ready(self, run: _Run, started_at: float) -> None:
