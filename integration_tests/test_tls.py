@@ -119,17 +119,16 @@ def test_stop_does_not_wait_for_an_idle_tls_keep_alive_client() -> None:
 
 
 def test_stop_after_the_server_closed_a_tls_connection_the_client_left_open() -> None:
-    with restored_resources():
-        with UvicornTestServer(hello_app, ssl=True, shutdown_timeout=10) as server:
-            raw = socket.create_connection((server.host, server.port), timeout=5)
-            with server.ssl_context.wrap_socket(raw, server_hostname=server.host) as client:
-                client.sendall(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-                answer = b""
-                while not answer.endswith(b"hello"):
-                    answer += client.recv(4096)
-                # uvicorn has closed its side and waits for a close_notify the client never sends;
-                # stop() must neither close that transport a second time nor leave its socket open.
-                server.stop()
+    with restored_resources(), UvicornTestServer(hello_app, ssl=True, shutdown_timeout=10) as server:
+        raw = socket.create_connection((server.host, server.port), timeout=5)
+        with server.ssl_context.wrap_socket(raw, server_hostname=server.host) as client:
+            client.sendall(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"hello"):
+                answer += client.recv(4096)
+            # uvicorn has closed its side and waits for a close_notify the client never sends;
+            # stop() must neither close that transport a second time nor leave its socket open.
+            server.stop()
     assert "Traceback" not in server.log.text
 
 
