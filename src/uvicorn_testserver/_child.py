@@ -95,6 +95,7 @@ class Child:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[Any] | None = None
         self.started = False
+        self.cancelled = False
         self.finished = threading.Event()
 
     def run(self) -> int:
@@ -131,6 +132,8 @@ class Child:
     async def _serve(self, server: HarnessServer) -> int:
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
+        if self.cancelled:  # the parent stopped before this loop existed
+            return self._fail("the parent gave up waiting for the start", None)
         try:
             await server.start(self.listener)
         except StartupFailed as exc:
@@ -173,6 +176,7 @@ class Child:
         os._exit(EXIT_FORCED)
 
     def _cancel(self) -> None:
+        self.cancelled = True  # seen by _serve if the loop has no task to cancel yet
         loop, task = self.loop, self.task
         if loop is not None and task is not None:
             with contextlib.suppress(RuntimeError):  # the loop is already closed
