@@ -162,13 +162,13 @@ def test_an_unknown_mode_is_refused() -> None:
 
 
 def test_an_import_error_in_the_child_fails_the_start_at_once() -> None:
-    server = ProcessServer("apps_process:missing", startup_timeout=30)
+    server = ProcessServer("apps_process:missing", startup_timeout=120)
     started_at = time.monotonic()
     with pytest.raises(
         ServerStartupError, match=r"failed to start: cannot import the app 'apps_process:missing'.*\(exit code 3\)"
     ):
         server.start()
-    assert time.monotonic() - started_at < 20, "a failing child must be reported at once, not at startup_timeout"
+    assert time.monotonic() - started_at < 60, "a failing child must be reported at once, not at startup_timeout"
     assert server.returncode == 3
     assert not server.is_running
 
@@ -187,11 +187,11 @@ def test_a_lifespan_failure_carries_the_child_traceback_and_output() -> None:
 
 
 def test_a_child_that_dies_during_start_is_reported_with_exit_code_and_output() -> None:
-    server = UvicornTestServer("apps_process_dies:app", mode="process", startup_timeout=30)
+    server = UvicornTestServer("apps_process_dies:app", mode="process", startup_timeout=120)
     started_at = time.monotonic()
     with pytest.raises(ServerStartupError, match=r"exited with code 7 before it was ready") as info:
         server.start()
-    assert time.monotonic() - started_at < 10
+    assert time.monotonic() - started_at < 60, "a dead child must be reported at once, not at startup_timeout"
     assert "about to die during import" in str(info.value)
 
 

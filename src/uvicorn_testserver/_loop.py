@@ -31,6 +31,7 @@ from uvicorn_testserver._server import (
     bind_socket,
     connect_host,
     describe_app,
+    log_forced_exit,
 )
 from uvicorn_testserver._uvicorn import HarnessServer, StartupFailed, make_config
 
@@ -220,6 +221,7 @@ class LoopRunner:
             try:
                 await asyncio.wait({task}, timeout=settings.shutdown_timeout + _STOP_MARGIN)
                 if not task.done():
+                    log_forced_exit(settings.log, settings.shutdown_timeout)
                     run.server.force_exit = True
                     task.cancel()
                     await asyncio.wait({task}, timeout=_FORCE_GRACE)

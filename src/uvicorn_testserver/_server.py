@@ -521,10 +521,7 @@ class UvicornTestServer:
             thread.join(self.shutdown_timeout + _STOP_MARGIN)
             forced = thread.is_alive()
             if forced:
-                with capture_into(self._log):
-                    harness_logger.warning(
-                        "The server did not stop within shutdown_timeout=%ss; forcing its exit.", self.shutdown_timeout
-                    )
+                log_forced_exit(self._log, self.shutdown_timeout)
                 run.server.force_exit = True
                 run.cancel()
                 thread.join(_FORCE_GRACE)
@@ -583,6 +580,14 @@ class UvicornTestServer:
             stop()
         except ServerExceptionsError as server_error:
             body_error.add_note(str(server_error))
+
+
+def log_forced_exit(log: ServerLog, shutdown_timeout: float) -> None:
+    """Record in the server's `log` that its graceful stop overran and its exit is being forced."""
+    with capture_into(log):
+        harness_logger.warning(
+            "The server did not stop within shutdown_timeout=%ss; forcing its exit.", shutdown_timeout
+        )
 
 
 def connect_host(host: str) -> str:
