@@ -245,7 +245,7 @@ async def test_blocking_client_inside_async_test_gets_answers_in_thread_mode() -
             return {"client": "requests"}
 
         # Blocks this loop; the server's own loop in its thread answers anyway.
-        assert requests.get(server.url("/sync"), timeout=5).json() == {"client": "requests"}
+        assert requests.get(server.url("/sync"), timeout=30).json() == {"client": "requests"}
 
 
 def test_sync_websocket_connect_echoes_in_a_with_block() -> None:
@@ -262,7 +262,7 @@ def test_sync_websocket_connect_echoes_in_a_with_block() -> None:
 
     with UvicornTestServer(app) as server, server.websocket_connect("/ws", subprotocols=["chat"]) as ws:
         ws.send("hi")
-        assert ws.recv(timeout=5) == "echo: hi"
+        assert ws.recv(timeout=30) == "echo: hi"
         assert ws.subprotocol == "chat"
 
 
@@ -419,7 +419,7 @@ async def test_cancelling_a_start_leaves_nothing_running() -> None:
     assert not server.is_running
     assert not [t for t in threading.enumerate() if t.name == f"uvicorn-testserver 127.0.0.1:{server.port}"]
     with pytest.raises(ConnectionRefusedError):  # the start finished in its thread, then was undone
-        socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+        socket.create_connection(("127.0.0.1", server.port), timeout=30).close()
 
 
 @pytest.mark.asyncio

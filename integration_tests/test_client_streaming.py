@@ -106,22 +106,22 @@ async def test_stream_gives_each_chunk_before_the_body_ends() -> None:
         await response.expect_status(200)
         assert response.headers["content-type"].startswith("text/plain")
         # The app is still waiting for /release: this chunk came before the body ended.
-        assert await response.read_chunk(timeout=5) == b"first\n"
+        assert await response.read_chunk(timeout=30) == b"first\n"
         await (await server.client.get("/release")).expect_status(200)
-        assert await response.read_chunk(timeout=5) == b"second\n"
-        assert await response.read_chunk(timeout=5) == b""
+        assert await response.read_chunk(timeout=30) == b"second\n"
+        assert await response.read_chunk(timeout=30) == b""
 
 
 @pytest.mark.asyncio
 async def test_read_timeout_raises_client_timeout_error_and_the_stream_stays_usable() -> None:
     app, _ = _streaming_app()
     async with create_test_server(app) as server, server.client.stream("GET", "/two-parts") as response:
-        assert await response.read_line(timeout=5) == "first"
+        assert await response.read_line(timeout=30) == "first"
         expected = r"no line arrived from GET http://\S+/two-parts within 0\.1s; the response is still open"
         with pytest.raises(ClientTimeoutError, match=expected):
             await response.read_line(timeout=0.1)
         await server.client.get("/release")
-        assert [line async for line in response.iter_lines(timeout=5)] == ["second"]
+        assert [line async for line in response.iter_lines(timeout=30)] == ["second"]
         assert await response.read_line() is None
 
 
@@ -129,7 +129,7 @@ async def test_read_timeout_raises_client_timeout_error_and_the_stream_stays_usa
 async def test_iter_lines_splits_crlf_lf_and_cr_across_chunk_boundaries() -> None:
     app, _ = _streaming_app()
     async with create_test_server(app) as server, server.client.stream("GET", "/mixed-line-endings") as response:
-        assert [line async for line in response.iter_lines(timeout=5)] == ["crlf", "lf", "cr", "last words"]
+        assert [line async for line in response.iter_lines(timeout=30)] == ["crlf", "lf", "cr", "last words"]
 
 
 def test_line_splitter_holds_a_final_cr_until_it_knows_what_follows() -> None:
@@ -146,12 +146,12 @@ async def test_iter_chunks_and_read_return_the_whole_body() -> None:
     async with create_test_server(app) as server:
         await server.client.get("/release")
         async with server.client.stream("GET", "/two-parts") as response:
-            assert b"".join([chunk async for chunk in response.iter_chunks(timeout=5)]) == b"first\nsecond\n"
+            assert b"".join([chunk async for chunk in response.iter_chunks(timeout=30)]) == b"first\nsecond\n"
         async with server.client.stream("POST", "/two-parts") as response:
             with pytest.raises(AssertionError, match=r"expected status 200, got 405 Method Not Allowed .*Method Not"):
                 await response.expect_status(200)
         async with server.client.stream("GET", "/two-parts", params={"ignored": "1"}) as response:
-            assert await response.read(timeout=5) == b"first\nsecond\n"
+            assert await response.read(timeout=30) == b"first\nsecond\n"
 
 
 @pytest.mark.asyncio
@@ -159,7 +159,7 @@ async def test_leaving_the_block_closes_an_endless_stream_on_the_server() -> Non
     app, finished = _streaming_app()
     async with create_test_server(app) as server:
         async with server.client.stream("GET", "/endless") as response:
-            assert await response.read_line(timeout=5) == "tick"
+            assert await response.read_line(timeout=30) == "tick"
         deadline = time.monotonic() + 5
         while not finished and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -172,10 +172,10 @@ async def test_stop_closes_streams_the_test_left_open() -> None:
     server = create_test_server(app, shutdown_timeout=10)
     async with server:
         events = server.client.sse("/endless-events")
-        assert (await events.next(timeout=5)).data == "1"
+        assert (await events.next(timeout=30)).data == "1"
         stream_cm = server.client.stream("GET", "/endless")
         stream = await stream_cm.__aenter__()
-        assert await stream.read_line(timeout=5) == "tick"
+        assert await stream.read_line(timeout=30) == "tick"
         started = time.monotonic()
     # Closed by the client before the server stopped: no wait for the 10 s shutdown timeout.
     assert time.monotonic() - started < 5
@@ -203,14 +203,14 @@ async def test_sse_parses_events_as_the_standard_says() -> None:
 async def test_sse_next_times_out_with_a_clear_error_and_keeps_the_stream() -> None:
     app, _ = _streaming_app()
     async with create_test_server(app) as server, server.client.sse("/slow-events") as events:
-        assert (await events.next(timeout=5)).data == "now"
+        assert (await events.next(timeout=30)).data == "now"
         expected = r"no server-sent event arrived from GET \S+/slow-events within 0\.1s; the response is still open"
         with pytest.raises(ClientTimeoutError, match=expected):
             await events.next(timeout=0.1)
         await server.client.get("/release")
-        assert (await events.next(timeout=5)).data == "later"
+        assert (await events.next(timeout=30)).data == "later"
         with pytest.raises(StopAsyncIteration):
-            await events.next(timeout=5)
+            await events.next(timeout=30)
 
 
 @pytest.mark.asyncio
@@ -244,9 +244,9 @@ async def test_sse_of_a_response_that_is_not_an_event_stream_raises_assertion_er
 async def test_streams_work_in_loop_mode_too() -> None:
     app, _ = _streaming_app()
     async with create_test_server(app, mode="loop") as server, server.client.sse("/slow-events") as events:
-        assert (await events.next(timeout=5)).data == "now"
+        assert (await events.next(timeout=30)).data == "now"
         await server.client.get("/release")
-        assert (await events.next(timeout=5)).data == "later"
+        assert (await events.next(timeout=30)).data == "later"
 
 
 @pytest.mark.asyncio
@@ -263,7 +263,7 @@ async def test_ndjson_export_is_read_line_by_line() -> None:
 
     async with create_test_server(app) as server, server.client.stream("GET", "/export") as response:
         await response.expect_status(200)
-        rows = [json.loads(line) async for line in response.iter_lines(timeout=5)]
+        rows = [json.loads(line) async for line in response.iter_lines(timeout=30)]
     assert rows == [{"row": 0}, {"row": 1}, {"row": 2}]
 
 
@@ -280,6 +280,6 @@ async def test_clock_events_arrive_parsed() -> None:
         return StreamingResponse(ticks(), media_type="text/event-stream")
 
     async with create_test_server(app) as server, server.client.sse("/clock") as events:
-        first = await events.next(timeout=5)
+        first = await events.next(timeout=30)
         assert (first.event, first.id, first.json()) == ("tick", "0", {"n": 0})
         assert [event.id async for event in events] == ["1", "2"]

@@ -189,14 +189,14 @@ async def test_receive_json_of_a_binary_message_says_how_to_read_it(server: Asyn
 async def test_expect_message_compares_json_text_and_bytes(server: AsyncTestServer) -> None:
     ws = await server.client.websocket("/echo")
     await server.client.ws.send_json(ws, {"b": 2, "a": 1})
-    assert await server.client.ws.expect_message(ws, {"a": 1, "b": 2}, timeout=5) == {"a": 1, "b": 2}
+    assert await server.client.ws.expect_message(ws, {"a": 1, "b": 2}, timeout=30) == {"a": 1, "b": 2}
     await server.client.ws.send_text(ws, "exact")
-    await server.client.ws.expect_message(ws, "exact", timeout=5)
+    await server.client.ws.expect_message(ws, "exact", timeout=30)
     await server.client.ws.send_binary(ws, b"raw")
-    await server.client.ws.expect_message(ws, b"raw", timeout=5)
+    await server.client.ws.expect_message(ws, b"raw", timeout=30)
     await server.client.ws.send_text(ws, "something else")
     with pytest.raises(AssertionError, match="expected the message 'exact', received 'something else'"):
-        await server.client.ws.expect_message(ws, "exact", timeout=5)
+        await server.client.ws.expect_message(ws, "exact", timeout=30)
 
 
 @pytest.mark.asyncio
@@ -207,7 +207,7 @@ async def test_expect_message_times_out_with_a_clear_error_and_the_socket_stays_
     ):
         await server.client.ws.expect_message(ws, "hi", timeout=0.1)
     await server.client.ws.send_text(ws, "hi")
-    await server.client.ws.expect_message(ws, "hi", timeout=5)
+    await server.client.ws.expect_message(ws, "hi", timeout=30)
 
 
 @pytest.mark.asyncio
@@ -296,7 +296,7 @@ async def test_receive_timeout_keeps_the_connection_healthy_and_loses_no_message
         with pytest.raises(ClientTimeoutError):
             await server.client.ws.receive_text(ws, timeout=0.05)
     await server.client.ws.send_text(ws, "after the timeouts")
-    assert await server.client.ws.receive_text(ws, timeout=5) == "after the timeouts"
+    assert await server.client.ws.receive_text(ws, timeout=30) == "after the timeouts"
     await ws.websocket().close()
     assert ws.websocket().close_code == 1000  # a clean closing handshake, not 1006
     deadline = asyncio.get_running_loop().time() + 5

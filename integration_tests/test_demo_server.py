@@ -53,13 +53,13 @@ def test_demo_server_serves_routes_and_exits_0_on_signal(
     demo: tuple[subprocess.Popen[str], str], signum: signal.Signals
 ) -> None:
     process, url = demo
-    assert requests.get(f"{url}/health", timeout=5).json() == {"message": "OK"}
-    assert requests.get(f"{url}/test", timeout=5).status_code == 200
-    assert requests.post(f"{url}/api/data", json={"a": 1}, timeout=5).json() == {"received": {"a": 1}}
-    assert requests.post(f"{url}/api/data", data="not json", timeout=5).status_code == 422
+    assert requests.get(f"{url}/health", timeout=30).json() == {"message": "OK"}
+    assert requests.get(f"{url}/test", timeout=30).status_code == 200
+    assert requests.post(f"{url}/api/data", json={"a": 1}, timeout=30).json() == {"received": {"a": 1}}
+    assert requests.post(f"{url}/api/data", data="not json", timeout=30).status_code == 422
     with connect(url.replace("http", "ws") + "/ws/echo") as ws:
         ws.send("ping")
-        assert ws.recv(timeout=5) == "ping"
+        assert ws.recv(timeout=30) == "ping"
 
     process.send_signal(signum)
     assert process.wait(10) == 0

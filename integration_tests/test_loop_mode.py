@@ -41,7 +41,7 @@ async def test_app_and_test_share_a_queue_created_by_the_test() -> None:
 
         response = await server.client.post("/jobs", content=b"resize image 7")
         assert await response.json() == {"queued": 1}
-        assert await asyncio.wait_for(jobs.get(), timeout=5) == "resize image 7"
+        assert await asyncio.wait_for(jobs.get(), timeout=30) == "resize image 7"
 
 
 @pytest.mark.asyncio
@@ -83,7 +83,7 @@ async def test_lifespan_uses_an_event_set_by_the_test_and_shutdown_runs_on_exit(
         await asyncio.sleep(0.05)
         assert not pending.done()  # the handler really waits on the test's event
         released.set()
-        assert await (await asyncio.wait_for(pending, timeout=5)).json() == {"released": True}
+        assert await (await asyncio.wait_for(pending, timeout=30)).json() == {"released": True}
     assert events == ["startup", "shutdown"]
 
 
@@ -102,7 +102,7 @@ async def test_websocket_works_in_loop_mode() -> None:
 
         ws = await server.client.websocket("/ws")
         await server.client.ws.send_text(ws, "quiet")
-        await server.client.ws.expect_message(ws, "QUIET", timeout=5)
+        await server.client.ws.expect_message(ws, "QUIET", timeout=30)
 
 
 @pytest.mark.asyncio

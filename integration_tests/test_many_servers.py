@@ -62,7 +62,7 @@ def services() -> Iterator[list[UvicornTestServer]]:
 def test_fifty_servers_listen_on_distinct_ports_and_each_answers(services: list[UvicornTestServer]) -> None:
     assert len({server.port for server in services}) == COUNT
     with requests.Session() as session:
-        answers = [session.get(server.url("/whoami"), timeout=5).json()["index"] for server in services]
+        answers = [session.get(server.url("/whoami"), timeout=30).json()["index"] for server in services]
     assert answers == list(range(COUNT))
 
 

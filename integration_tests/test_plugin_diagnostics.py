@@ -50,10 +50,10 @@ def test_failing_test_report_has_the_server_log_of_that_test(pytester: pytest.Py
             import requests
 
             def test_earlier(uvicorn_server):
-                requests.get(uvicorn_server.url("/shout?word=earlier"), timeout=5)
+                requests.get(uvicorn_server.url("/shout?word=earlier"), timeout=30)
 
             def test_fails(uvicorn_server):
-                assert requests.get(uvicorn_server.url("/shout?word=during"), timeout=5).text == "shouted"
+                assert requests.get(uvicorn_server.url("/shout?word=during"), timeout=30).text == "shouted"
                 assert False, "the test's own failure"
         """,
     )
@@ -78,7 +78,7 @@ def test_passing_test_shows_no_server_section(pytester: pytest.Pytester) -> None
             import requests
 
             def test_passes(uvicorn_server):
-                assert requests.get(uvicorn_server.url("/shout?word=hi"), timeout=5).text == "shouted"
+                assert requests.get(uvicorn_server.url("/shout?word=hi"), timeout=30).text == "shouted"
         """,
     )
     result = pytester.runpytest("-rA")  # -rA prints the captured sections of passing tests too
@@ -98,7 +98,7 @@ def test_section_lists_app_errors_the_log_level_hid(pytester: pytest.Pytester) -
             logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)  # the project silences uvicorn's errors
 
             def test_fails(fresh_uvicorn_server):
-                assert requests.get(fresh_uvicorn_server.url("/boom"), timeout=5).status_code == 200
+                assert requests.get(fresh_uvicorn_server.url("/boom"), timeout=30).status_code == 200
         """,
     )
     level = logging.getLogger("uvicorn.error").level
@@ -138,11 +138,11 @@ def test_app_error_fails_a_passing_test_at_teardown(pytester: pytest.Pytester, f
 
             def test_sees_only_a_500({fixture}):
                 server = {server}
-                assert requests.get(server.url("/boom"), timeout=5).status_code == 500
+                assert requests.get(server.url("/boom"), timeout=30).status_code == 500
 
             def test_next_is_not_blamed({fixture}):
                 server = {server}
-                assert requests.get(server.url("/"), timeout=5).text == "hello"
+                assert requests.get(server.url("/"), timeout=30).text == "hello"
         """,
     )
     result = pytester.runpytest()
@@ -172,7 +172,7 @@ def test_app_error_in_a_failing_test_is_reported_once(pytester: pytest.Pytester)
             import requests
 
             def test_expects_200(uvicorn_server):
-                assert requests.get(uvicorn_server.url("/boom"), timeout=5).status_code == 200
+                assert requests.get(uvicorn_server.url("/boom"), timeout=30).status_code == 200
         """,
     )
     result = pytester.runpytest()
@@ -199,10 +199,10 @@ def test_marker_lets_a_test_provoke_app_errors(pytester: pytest.Pytester, fixtur
 
             @pytest.mark.uvicorn(raise_server_exceptions=False)
             def test_provokes_a_500({fixture}):
-                assert requests.get({fixture}.url("/boom"), timeout=5).status_code == 500
+                assert requests.get({fixture}.url("/boom"), timeout=30).status_code == 500
 
             def test_next_is_not_blamed({fixture}):
-                assert requests.get({fixture}.url("/"), timeout=5).text == "hello"
+                assert requests.get({fixture}.url("/"), timeout=30).text == "hello"
         """,
     )
     result = pytester.runpytest()
@@ -218,11 +218,11 @@ def test_ini_option_turns_app_error_failures_off(pytester: pytest.Pytester) -> N
             import requests
 
             def test_provokes_a_500(uvicorn_server):
-                assert requests.get(uvicorn_server.url("/boom"), timeout=5).status_code == 500
+                assert requests.get(uvicorn_server.url("/boom"), timeout=30).status_code == 500
 
             @pytest.mark.uvicorn(raise_server_exceptions=True)
             def test_opts_back_in(uvicorn_server):
-                assert requests.get(uvicorn_server.url("/boom"), timeout=5).status_code == 500
+                assert requests.get(uvicorn_server.url("/boom"), timeout=30).status_code == 500
         """,
     )
     result = pytester.runpytest()
@@ -239,7 +239,7 @@ def test_error_raised_by_stop_in_the_test_is_not_reported_again(pytester: pytest
             from uvicorn_testserver import ServerExceptionsError
 
             def test_checks_stop(fresh_uvicorn_server):
-                assert requests.get(fresh_uvicorn_server.url("/boom"), timeout=5).status_code == 500
+                assert requests.get(fresh_uvicorn_server.url("/boom"), timeout=30).status_code == 500
                 with pytest.raises(ServerExceptionsError, match="ZeroDivisionError"):
                     fresh_uvicorn_server.stop()
         """,
@@ -256,9 +256,9 @@ def test_hand_started_server_keeps_the_class_behaviour(pytester: pytest.Pytester
             from uvicorn_testserver import UvicornTestServer
 
             def test_own_server(uvicorn_server):
-                assert requests.get(uvicorn_server.url("/"), timeout=5).text == "hello"
+                assert requests.get(uvicorn_server.url("/"), timeout=30).text == "hello"
                 with UvicornTestServer("myapp:app") as server:
-                    assert requests.get(server.url("/boom"), timeout=5).status_code == 500
+                    assert requests.get(server.url("/boom"), timeout=30).status_code == 500
         """,
     )
     result = pytester.runpytest()
@@ -282,13 +282,13 @@ def test_server_log_reaches_caplog_and_captured_log(pytester: pytest.Pytester) -
             import requests
 
             def test_caplog(uvicorn_server, caplog):
-                requests.get(uvicorn_server.url("/shout?word=caplog"), timeout=5)
+                requests.get(uvicorn_server.url("/shout?word=caplog"), timeout=30)
                 messages = [(record.name, record.getMessage()) for record in caplog.records]
                 assert ("uvicorn.error", "the app says: caplog") in messages
                 assert any(name == "uvicorn.access" and "GET /shout?word=caplog" in text for name, text in messages)
 
             def test_fails(uvicorn_server):
-                requests.get(uvicorn_server.url("/shout?word=captured"), timeout=5)
+                requests.get(uvicorn_server.url("/shout?word=captured"), timeout=30)
                 assert False
         """,
     )
@@ -393,17 +393,17 @@ def test_readme_failing_example_explains_itself(pytester: pytest.Pytester) -> No
 
 
             def test_divide(uvicorn_server):
-                response = requests.get(uvicorn_server.url("/divide?by=4"), timeout=5)
+                response = requests.get(uvicorn_server.url("/divide?by=4"), timeout=30)
                 assert response.json() == {"result": 0.25}
 
 
             def test_divide_by_zero_is_a_400(uvicorn_server):
-                response = requests.get(uvicorn_server.url("/divide?by=0"), timeout=5)
+                response = requests.get(uvicorn_server.url("/divide?by=0"), timeout=30)
                 assert response.status_code == 400
 
 
             def test_divide_by_zero_is_refused(uvicorn_server):
-                response = requests.get(uvicorn_server.url("/divide?by=0"), timeout=5)
+                response = requests.get(uvicorn_server.url("/divide?by=0"), timeout=30)
                 assert not response.ok
         """,
     )

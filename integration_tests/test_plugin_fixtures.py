@@ -62,11 +62,11 @@ SHARED_TESTS = """
 
     def test_one(uvicorn_server, record):
         record(uvicorn_server)
-        assert requests.get(uvicorn_server.url("/"), timeout=5).text == "hello"
+        assert requests.get(uvicorn_server.url("/"), timeout=30).text == "hello"
 
     def test_two(uvicorn_server, record):
         record(uvicorn_server)
-        assert requests.get(uvicorn_server.url("/"), timeout=5).text == "hello"
+        assert requests.get(uvicorn_server.url("/"), timeout=30).text == "hello"
 """
 
 
@@ -155,7 +155,7 @@ def test_fresh_uvicorn_server_is_new_for_each_test_and_stopped_after(pytester: p
 
             def test_one(fresh_uvicorn_server):
                 seen.append(fresh_uvicorn_server)
-                assert requests.get(fresh_uvicorn_server.url("/whoami"), timeout=5).json()["port"] == seen[0].port
+                assert requests.get(fresh_uvicorn_server.url("/whoami"), timeout=30).json()["port"] == seen[0].port
 
             def test_two(fresh_uvicorn_server):
                 assert fresh_uvicorn_server is not seen[0]
@@ -177,7 +177,7 @@ def test_factory_serves_any_app_and_stops_every_server_after_the_test(pytester: 
             def test_makes_two(uvicorn_server_factory):
                 made.append(uvicorn_server_factory("myapp:other_app"))
                 made.append(uvicorn_server_factory("myapp:app", health_path="/whoami"))
-                assert requests.get(made[0].url("/other"), timeout=5).text == "hello"
+                assert requests.get(made[0].url("/other"), timeout=30).text == "hello"
                 assert made[1].health_path == "/whoami"
                 assert made[0].port != made[1].port
 
@@ -231,7 +231,7 @@ WHOAMI_TEST = """
     import requests
 
     def test_serves_the_app(uvicorn_server):
-        assert requests.get(uvicorn_server.url("/"), timeout=5).text == "hello"
+        assert requests.get(uvicorn_server.url("/"), timeout=30).text == "hello"
 """
 
 
@@ -289,7 +289,7 @@ def test_uvicorn_app_from_pyproject(pytester: pytest.Pytester) -> None:
             import requests
 
             def test_root_path(uvicorn_server):
-                assert requests.get(uvicorn_server.url("/whoami"), timeout=5).json()["root_path"] == "/api"
+                assert requests.get(uvicorn_server.url("/whoami"), timeout=30).json()["root_path"] == "/api"
         """,
     )
     pytester.runpytest().assert_outcomes(passed=1)
@@ -331,7 +331,7 @@ def test_default_log_level_is_info_so_access_lines_are_kept(pytester: pytest.Pyt
             import requests
 
             def test_log(uvicorn_server):
-                requests.get(uvicorn_server.url("/"), timeout=5)
+                requests.get(uvicorn_server.url("/"), timeout=30)
                 assert uvicorn_server.log_level == "info"
                 assert '"GET / HTTP/1.1" 200' in uvicorn_server.log.text
         """,
@@ -353,7 +353,7 @@ def test_marker_sets_options_per_test_and_the_closest_wins(pytester: pytest.Pyte
                 for server in (fresh_uvicorn_server, uvicorn_server_factory("myapp:app")):
                     assert server.health_path == "/whoami"
                     assert server.log_level == "warning"
-                    assert requests.get(server.url("/whoami"), timeout=5).json()["root_path"] == "/test"
+                    assert requests.get(server.url("/whoami"), timeout=30).json()["root_path"] == "/test"
 
             def test_module_mark_only(fresh_uvicorn_server, uvicorn_server_factory):
                 assert fresh_uvicorn_server.uvicorn_options == {"root_path": "/module"}
@@ -552,7 +552,7 @@ def test_readme_example_project(pytester: pytest.Pytester) -> None:
 
 
             def test_health(uvicorn_server):
-                response = requests.get(uvicorn_server.url("/health"), timeout=5)
+                response = requests.get(uvicorn_server.url("/health"), timeout=30)
                 assert response.json() == {"message": "OK"}
 
 
@@ -565,7 +565,7 @@ def test_readme_example_project(pytester: pytest.Pytester) -> None:
 
             @pytest.mark.uvicorn(health_path="/health", log_level="debug")
             def test_echo(fresh_uvicorn_server):
-                response = requests.post(fresh_uvicorn_server.url("/api/data"), json={"n": 1}, timeout=5)
+                response = requests.post(fresh_uvicorn_server.url("/api/data"), json={"n": 1}, timeout=30)
                 assert response.json() == {"received": {"n": 1}}
 
 

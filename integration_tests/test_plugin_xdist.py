@@ -52,7 +52,7 @@ TESTS = """
     @pytest.mark.parametrize("n", range(60))
     def test_fresh_server(n, fresh_uvicorn_server, uvicorn_server, record):
         for kind, server in (("fresh", fresh_uvicorn_server), ("session", uvicorn_server)):
-            answer = requests.get(server.url("/whoami"), timeout=5).json()
+            answer = requests.get(server.url("/whoami"), timeout=30).json()
             # The request reached this test's own server, in this worker.
             assert answer == {"port": server.port, "pid": os.getpid()}
             record((kind, server.port))

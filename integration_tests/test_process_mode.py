@@ -68,8 +68,8 @@ def test_a_process_server_refuses_mode_thread() -> None:
 
 def test_the_app_runs_in_a_child_process_with_its_own_module_state() -> None:
     with ProcessServer("apps_process:app") as server:
-        first = requests.get(server.url("/"), timeout=5).json()
-        second = requests.get(server.url("/"), timeout=5).json()
+        first = requests.get(server.url("/"), timeout=30).json()
+        second = requests.get(server.url("/"), timeout=30).json()
         assert first["pid"] == server.pid != os.getpid()
         assert (first["hits"], second["hits"]) == (1, 2)
         assert server.is_running
@@ -82,14 +82,14 @@ def test_factory_env_and_cwd_reach_the_child(tmp_path: Path) -> None:
         "apps_process:create_app", mode="process", factory=True, env={"APP_GREETING": "hi from env"}, cwd=tmp_path
     )
     with server:
-        answer = requests.get(server.url("/"), timeout=5).json()
+        answer = requests.get(server.url("/"), timeout=30).json()
     assert answer["greeting"] == "hi from env"
     assert answer["cwd"] == str(tmp_path)
 
 
 def test_child_output_and_log_are_captured() -> None:
     with ProcessServer("apps_process:app", log_level="info") as server:
-        requests.get(server.url("/"), timeout=5).raise_for_status()
+        requests.get(server.url("/"), timeout=30).raise_for_status()
     assert f"child {server.pid} starting" in server.output
     messages = [record.getMessage() for record in server.log.records]
     assert "Application startup complete." in messages
@@ -99,21 +99,21 @@ def test_child_output_and_log_are_captured() -> None:
 def test_websockets_reach_the_child() -> None:
     with UvicornTestServer("apps_process:app", mode="process") as server, server.websocket_connect("/ws") as ws:
         ws.send("across the process boundary")
-        assert ws.recv(timeout=5) == "across the process boundary"
+        assert ws.recv(timeout=30) == "across the process boundary"
 
 
 def test_a_handler_that_blocks_the_child_loop_leaves_the_test_process_free() -> None:
     with UvicornTestServer("apps_process:app", mode="process", health_path="/") as server:
-        assert requests.get(server.url("/block"), params={"seconds": "0.3"}, timeout=5).text == "blocked"
+        assert requests.get(server.url("/block"), params={"seconds": "0.3"}, timeout=30).text == "blocked"
 
 
 def test_restart_serves_a_fresh_child_on_the_same_port() -> None:
     server = ProcessServer("apps_process:app")
     with server:
         port, first_pid = server.port, server.pid
-        assert requests.get(server.url("/"), timeout=5).json()["hits"] == 1
+        assert requests.get(server.url("/"), timeout=30).json()["hits"] == 1
     with server:
-        assert (server.port, requests.get(server.url("/"), timeout=5).json()["hits"]) == (port, 1)
+        assert (server.port, requests.get(server.url("/"), timeout=30).json()["hits"]) == (port, 1)
         assert server.pid != first_pid
 
 
@@ -122,7 +122,7 @@ def test_start_and_stop_leave_no_process_thread_or_fd_behind() -> None:
         pass
     baseline = Baseline()
     with ProcessServer("apps_process:app") as server:
-        requests.get(server.url("/"), timeout=5).raise_for_status()
+        requests.get(server.url("/"), timeout=30).raise_for_status()
         pid = server.pid
     assert process_gone(pid)
     baseline.assert_restored(wait=2.0)
@@ -222,7 +222,7 @@ def test_a_health_check_that_never_passes_fails_the_start() -> None:
 def test_app_exceptions_come_back_as_child_app_errors_and_are_raised_at_stop() -> None:
     server = UvicornTestServer("apps_process:app", mode="process").start()
     try:
-        assert requests.get(server.url("/boom"), timeout=5).status_code == 500
+        assert requests.get(server.url("/boom"), timeout=30).status_code == 500
     finally:
         with pytest.raises(ServerExceptionsError, match=r"(?s)raised 1 unhandled exception.*ValueError: the child's"):
             server.stop()
@@ -235,7 +235,7 @@ def test_a_child_that_crashes_while_serving_is_reported_at_stop() -> None:
     server = UvicornTestServer("apps_process:crashes_app", mode="process").start()
     try:
         with pytest.raises(requests.ConnectionError):
-            requests.get(server.url("/crash"), timeout=5)
+            requests.get(server.url("/crash"), timeout=30)
         deadline = time.monotonic() + 10
         while server.is_running and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -16,7 +16,7 @@ from uvicorn_testserver import ServerExceptionsError, UvicornTestServer
 def test_app_error_is_kept_and_raised_by_stop_after_the_server_stopped() -> None:
     server = UvicornTestServer(hello_app).start()
     try:
-        response = requests.get(server.url("/fail"), timeout=5)
+        response = requests.get(server.url("/fail"), timeout=30)
         assert response.status_code == 500
         [error] = server.errors
         assert isinstance(error, ValueError)
@@ -38,15 +38,15 @@ def test_app_error_is_kept_and_raised_by_stop_after_the_server_stopped() -> None
 
 def test_raise_server_exceptions_false_keeps_the_errors_without_raising() -> None:
     with UvicornTestServer(hello_app, raise_server_exceptions=False) as server:
-        assert requests.get(server.url("/fail"), timeout=5).status_code == 500
-        assert requests.get(server.url("/fail"), timeout=5).status_code == 500
+        assert requests.get(server.url("/fail"), timeout=30).status_code == 500
+        assert requests.get(server.url("/fail"), timeout=30).status_code == 500
     assert [type(error) for error in server.errors] == [ValueError, ValueError]
 
 
 def test_errors_are_cleared_by_the_next_start() -> None:
     server = UvicornTestServer(hello_app, raise_server_exceptions=False)
     with server:
-        requests.get(server.url("/fail"), timeout=5)
+        requests.get(server.url("/fail"), timeout=30)
     assert len(server.errors) == 1
     with server:
         assert server.errors == []
@@ -68,7 +68,7 @@ def test_an_http_exception_with_status_500_is_not_an_error() -> None:
         raise HTTPException(status_code=500, detail="the upstream said no")
 
     with UvicornTestServer(app) as server:
-        response = requests.get(server.url("/unavailable"), timeout=5)
+        response = requests.get(server.url("/unavailable"), timeout=30)
         assert response.status_code == 500
         assert response.json() == {"detail": "the upstream said no"}
     assert server.errors == []
@@ -77,7 +77,7 @@ def test_an_http_exception_with_status_500_is_not_an_error() -> None:
 def test_with_block_keeps_the_body_error_and_adds_the_server_errors_as_a_note() -> None:
     def failing_test() -> None:
         with UvicornTestServer(hello_app) as server:
-            requests.get(server.url("/fail"), timeout=5)
+            requests.get(server.url("/fail"), timeout=30)
             raise AssertionError("the test's own failure")
 
     with pytest.raises(AssertionError, match="the test's own failure") as info:
@@ -90,7 +90,7 @@ def test_with_block_keeps_the_body_error_and_adds_the_server_errors_as_a_note() 
 def test_with_block_raises_the_server_errors_when_the_body_passed() -> None:
     def passing_test() -> None:
         with UvicornTestServer(hello_app) as server:
-            assert requests.get(server.url("/fail"), timeout=5).status_code == 500
+            assert requests.get(server.url("/fail"), timeout=30).status_code == 500
 
     with pytest.raises(ServerExceptionsError, match="ValueError: the handler broke on purpose"):
         passing_test()
@@ -124,7 +124,7 @@ async def test_async_with_never_blocks_the_event_loop() -> None:
 async def test_async_with_raises_server_errors_on_exit() -> None:
     async def passing_test() -> None:
         async with UvicornTestServer(hello_app) as server:
-            response = await asyncio.to_thread(requests.get, server.url("/fail"), timeout=5)
+            response = await asyncio.to_thread(requests.get, server.url("/fail"), timeout=30)
             assert response.status_code == 500
 
     with pytest.raises(ServerExceptionsError, match="ValueError: the handler broke on purpose"):

@@ -77,7 +77,7 @@ def cycle(count: int, *, request_every: int = 0) -> None:
         server = UvicornTestServer(hello_app).start()
         try:
             if request_every and i % request_every == 0:
-                assert requests.get(server.url("/"), timeout=5).text == "hello"
+                assert requests.get(server.url("/"), timeout=30).text == "hello"
         finally:
             server.stop()
 

@@ -57,7 +57,7 @@ def access_lines(server: UvicornTestServer) -> list[str]:
 
 def test_log_has_uvicorn_error_and_access_lines(default_uvicorn_logging: None) -> None:
     with UvicornTestServer(hello_app, log_level="info") as server:
-        assert requests.get(server.url("/?who=me"), timeout=5).text == "hello"
+        assert requests.get(server.url("/?who=me"), timeout=30).text == "hello"
     text = server.log.text
     assert "INFO     uvicorn.error: Application startup complete." in text
     assert "INFO     uvicorn.error: Application shutdown complete." in text
@@ -67,8 +67,8 @@ def test_log_has_uvicorn_error_and_access_lines(default_uvicorn_logging: None) -
 
 def test_default_log_level_keeps_warnings_only(default_uvicorn_logging: None) -> None:
     with UvicornTestServer(hello_app, raise_server_exceptions=False) as server:
-        requests.get(server.url("/"), timeout=5)
-        requests.get(server.url("/fail"), timeout=5)
+        requests.get(server.url("/"), timeout=30)
+        requests.get(server.url("/fail"), timeout=30)
     assert "Application startup complete." not in server.log.text
     assert access_lines(server) == []
     assert "ERROR    uvicorn.error: Exception in ASGI application" in server.log.text
@@ -80,8 +80,8 @@ def test_access_log_false_drops_access_lines_of_that_server_only(default_uvicorn
         UvicornTestServer(hello_app, log_level="info", access_log=False) as quiet,
         UvicornTestServer(hello_app, log_level="info") as chatty,
     ):
-        requests.get(quiet.url("/"), timeout=5)
-        requests.get(chatty.url("/"), timeout=5)
+        requests.get(quiet.url("/"), timeout=30)
+        requests.get(chatty.url("/"), timeout=30)
     assert access_lines(quiet) == []
     assert "Application startup complete." in quiet.log.text
     assert len(access_lines(chatty)) == 1
@@ -93,8 +93,8 @@ def test_concurrent_servers_capture_only_their_own_records(default_uvicorn_loggi
         UvicornTestServer(hello_app, log_level="info") as second,
     ):
         for _ in range(3):
-            requests.get(first.url("/first-only"), timeout=5)
-            requests.get(second.url("/second-only"), timeout=5)
+            requests.get(first.url("/first-only"), timeout=30)
+            requests.get(second.url("/second-only"), timeout=30)
     assert len(access_lines(first)) == 3
     assert len(access_lines(second)) == 3
     assert "/second-only" not in first.log.text
@@ -103,7 +103,7 @@ def test_concurrent_servers_capture_only_their_own_records(default_uvicorn_loggi
 
 def test_records_reach_caplog(default_uvicorn_logging: None, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO), UvicornTestServer(hello_app, log_level="info") as server:
-        requests.get(server.url("/via-caplog"), timeout=5)
+        requests.get(server.url("/via-caplog"), timeout=30)
     messages = {(record.name, record.getMessage()) for record in caplog.records}
     assert ("uvicorn.error", "Application startup complete.") in messages
     assert any(name == "uvicorn.access" and "/via-caplog" in message for name, message in messages)
@@ -112,7 +112,7 @@ def test_records_reach_caplog(default_uvicorn_logging: None, caplog: pytest.LogC
 def test_start_and_stop_leave_the_logging_configuration_unchanged(default_uvicorn_logging: None) -> None:
     before = logging_state()
     with UvicornTestServer(hello_app, log_level="debug") as server:
-        requests.get(server.url("/"), timeout=5)
+        requests.get(server.url("/"), timeout=30)
     assert logging_state() == before
     assert access_lines(server)
 
@@ -123,7 +123,7 @@ def test_user_levels_and_handlers_are_restored(saved_logging: None) -> None:
     logging.getLogger("uvicorn.access").addHandler(handler)
     before = logging_state()
     with UvicornTestServer(hello_app, log_level="info") as server:
-        requests.get(server.url("/"), timeout=5)
+        requests.get(server.url("/"), timeout=30)
     assert logging_state() == before
     assert "Application startup complete." in server.log.text
 
@@ -133,7 +133,7 @@ def test_capture_survives_uvicorns_own_logging_config(saved_logging: None) -> No
     # which replaces the handlers of uvicorn's loggers.
     uvicorn.Config("somewhere:app")
     with UvicornTestServer(hello_app, log_level="info") as server:
-        requests.get(server.url("/after-dictconfig"), timeout=5)
+        requests.get(server.url("/after-dictconfig"), timeout=30)
     assert "Application startup complete." in server.log.text
     assert any("/after-dictconfig" in line for line in access_lines(server))
 
@@ -143,7 +143,7 @@ def test_signal_handlers_of_the_main_thread_are_untouched() -> None:
     before = {signum: signal.getsignal(signum) for signum in handled}
     with UvicornTestServer(hello_app) as server:
         assert {signum: signal.getsignal(signum) for signum in handled} == before
-        requests.get(server.url("/"), timeout=5)
+        requests.get(server.url("/"), timeout=30)
     assert {signum: signal.getsignal(signum) for signum in handled} == before
 
 
@@ -152,6 +152,6 @@ def test_access_lines_are_captured_when_the_process_has_no_logging_configured(de
     logging.getLogger().handlers[:] = []
     before = logging_state()
     with UvicornTestServer(hello_app, log_level="info") as server:
-        requests.get(server.url("/unconfigured"), timeout=5)
+        requests.get(server.url("/unconfigured"), timeout=30)
     assert any("/unconfigured" in line for line in access_lines(server))
     assert logging_state() == before

@@ -27,7 +27,7 @@ def listening_socket() -> Iterator[socket.socket]:
 def test_port_0_listens_on_a_free_port() -> None:
     with UvicornTestServer(hello_app) as server:
         assert server.port > 0
-        assert requests.get(server.url("/"), timeout=5).text == "hello"
+        assert requests.get(server.url("/"), timeout=30).text == "hello"
 
 
 def test_twenty_servers_started_at_once_get_distinct_ports() -> None:
@@ -37,7 +37,7 @@ def test_twenty_servers_started_at_once_get_distinct_ports() -> None:
     try:
         assert len({server.port for server in started}) == 20
         for server in started:
-            assert requests.get(server.url("/"), timeout=5).text == "hello"
+            assert requests.get(server.url("/"), timeout=30).text == "hello"
     finally:
         for server in started:
             server.stop()
@@ -73,11 +73,11 @@ def test_a_stopped_server_starts_again_on_the_same_port() -> None:
     server = UvicornTestServer(hello_app)
     with server:
         first_port = server.port
-        assert requests.get(server.url("/"), timeout=5).text == "hello"  # leaves a TIME_WAIT behind
+        assert requests.get(server.url("/"), timeout=30).text == "hello"  # leaves a TIME_WAIT behind
     assert not server.is_running
     with server:
         assert server.port == first_port
-        assert requests.get(server.url("/"), timeout=5).text == "hello"
+        assert requests.get(server.url("/"), timeout=30).text == "hello"
 
 
 def test_start_returns_only_after_lifespan_startup_completed() -> None:
@@ -90,7 +90,7 @@ def test_start_waits_until_health_path_answers_2xx() -> None:
     flags = Flags()
     with UvicornTestServer(health_app(flags, failures=3), health_path="/health") as server:
         assert flags.hits == 4  # three 503s, then the 200 start() waited for
-        assert requests.get(server.url("/health"), timeout=5).status_code == 200
+        assert requests.get(server.url("/health"), timeout=30).status_code == 200
 
 
 def test_start_raises_when_health_path_never_answers_2xx() -> None:
@@ -124,7 +124,7 @@ def test_properties_say_where_the_server_listens() -> None:
         assert server.url() == f"http://127.0.0.1:{port}/"
         with connect(server.ws_url + "/ws") as ws:
             ws.send("ping")
-            assert ws.recv(timeout=5) == "ping"
+            assert ws.recv(timeout=30) == "ping"
     assert repr(server).endswith(f" 127.0.0.1:{port} stopped>")
     assert server.port == port  # still says where it listened last
 
@@ -139,7 +139,7 @@ def test_ipv6_url_has_brackets() -> None:
         pytest.skip("no IPv6 loopback on this machine")
     with UvicornTestServer(hello_app, host="::1") as server:
         assert server.base_url == f"http://[::1]:{server.port}"
-        assert requests.get(server.url("/"), timeout=5).text == "hello"
+        assert requests.get(server.url("/"), timeout=30).text == "hello"
 
 
 def test_port_before_start_raises_server_state_error() -> None:

@@ -55,7 +55,7 @@ def idle_connections(session: requests.Session) -> list[HTTPConnection]:
 
 def test_stop_closes_an_idle_keep_alive_connection_at_once() -> None:
     with UvicornTestServer(hello_app, shutdown_timeout=30) as server, requests.Session() as session:
-        assert session.get(server.url("/"), timeout=5).text == "hello"
+        assert session.get(server.url("/"), timeout=30).text == "hello"
         [idle] = idle_connections(session)
         assert idle.is_connected
         started_at = time.monotonic()
@@ -78,10 +78,10 @@ def test_stop_lets_a_request_in_flight_finish() -> None:
 def test_stop_closes_an_open_websocket() -> None:
     with UvicornTestServer(ws_app) as server, connect(server.ws_url + "/ws") as ws:
         ws.send("ping")
-        assert ws.recv(timeout=5) == "ping"
+        assert ws.recv(timeout=30) == "ping"
         server.stop()
         with pytest.raises(ConnectionClosed):
-            ws.recv(timeout=5)
+            ws.recv(timeout=30)
 
 
 def test_stop_runs_lifespan_shutdown() -> None:

@@ -46,11 +46,11 @@ async def test_async_client_gets_bar_for_foo(mode: AsyncServerMode, transport: s
         client = socketio.AsyncClient()
         answers: asyncio.Queue[Any] = asyncio.Queue()
         client.on("BAR", answers.put)
-        await client.connect(server.base_url, transports=[transport], wait_timeout=5)
+        await client.connect(server.base_url, transports=[transport], wait_timeout=30)
         try:
             assert client.transport() == transport
-            assert await client.call("FOO", {"n": 1}, timeout=5) == "ack"
-            assert await asyncio.wait_for(answers.get(), timeout=5) == {"echo": {"n": 1}}
+            assert await client.call("FOO", {"n": 1}, timeout=30) == "ack"
+            assert await asyncio.wait_for(answers.get(), timeout=30) == {"echo": {"n": 1}}
         finally:
             await client.disconnect()
             _collect_unreleased_responses()
@@ -67,10 +67,10 @@ def _sync_round_trip(url: str) -> Any:
         answers.append(data)
         answered.set()
 
-    client.connect(url, transports=["polling"], wait_timeout=5)
+    client.connect(url, transports=["polling"], wait_timeout=30)
     try:
         client.emit("FOO", "from the sync client")
-        assert answered.wait(timeout=5), "no BAR within 5 s"
+        assert answered.wait(timeout=30), "no BAR within 30 s"
         return answers[0]
     finally:
         client.disconnect()

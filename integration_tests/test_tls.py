@@ -50,7 +50,7 @@ def test_urls_use_https_and_wss(https_server: UvicornTestServer) -> None:
 def test_requests_verifies_with_the_ca_file() -> None:
     with UvicornTestServer(hello_app, ssl=True) as server:
         assert server.ca_path.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
-        assert requests.get(server.url("/"), verify=str(server.ca_path), timeout=5).text == "hello"
+        assert requests.get(server.url("/"), verify=str(server.ca_path), timeout=30).text == "hello"
 
 
 def test_httpx_verifies_with_the_ssl_context() -> None:
@@ -76,13 +76,13 @@ async def test_aiohttp_verifies_with_the_ssl_context() -> None:
 def test_websocket_connect_uses_wss_with_the_servers_ca(https_server: UvicornTestServer) -> None:
     with https_server.websocket_connect("/ws") as websocket:
         websocket.send("secret")
-        assert websocket.recv(timeout=5) == "secret"
+        assert websocket.recv(timeout=30) == "secret"
 
 
 def test_the_websockets_client_verifies_with_the_ssl_context(https_server: UvicornTestServer) -> None:
     with websockets.sync.client.connect(https_server.ws_url + "/ws", ssl=https_server.ssl_context) as websocket:
         websocket.send("sync")
-        assert websocket.recv(timeout=5) == "sync"
+        assert websocket.recv(timeout=30) == "sync"
 
 
 @pytest.mark.asyncio
@@ -94,7 +94,7 @@ async def test_the_async_websockets_client_verifies_with_the_ssl_context(https_s
 
 def test_health_check_runs_over_tls() -> None:
     with UvicornTestServer(hello_app, ssl=True, health_path="/") as server:
-        assert requests.get(server.url("/"), verify=str(server.ca_path), timeout=5).status_code == 200
+        assert requests.get(server.url("/"), verify=str(server.ca_path), timeout=30).status_code == 200
 
 
 def test_the_same_ssl_context_verifies_after_a_restart() -> None:
@@ -120,7 +120,7 @@ def test_stop_does_not_wait_for_an_idle_tls_keep_alive_client() -> None:
 
 def test_stop_after_the_server_closed_a_tls_connection_the_client_left_open() -> None:
     with restored_resources(), UvicornTestServer(hello_app, ssl=True, shutdown_timeout=10) as server:
-        raw = socket.create_connection((server.host, server.port), timeout=5)
+        raw = socket.create_connection((server.host, server.port), timeout=30)
         with server.ssl_context.wrap_socket(raw, server_hostname=server.host) as client:
             client.sendall(b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
             answer = b""
@@ -144,7 +144,7 @@ def test_the_ca_file_is_removed_on_stop() -> None:
 
 def test_https_in_process_mode() -> None:
     with UvicornTestServer("apps:hello_app", mode="process", ssl=True, health_path="/") as server:
-        assert requests.get(server.url("/"), verify=str(server.ca_path), timeout=5).text == "hello"
+        assert requests.get(server.url("/"), verify=str(server.ca_path), timeout=30).text == "hello"
 
 
 # -- verification really happens -------------------------------------------------------------
@@ -152,12 +152,12 @@ def test_https_in_process_mode() -> None:
 
 def test_requests_without_the_ca_fails_verification(https_server: UvicornTestServer) -> None:
     with pytest.raises(requests.exceptions.SSLError, match=r"CERTIFICATE_VERIFY_FAILED"):
-        requests.get(https_server.url("/"), timeout=5)
+        requests.get(https_server.url("/"), timeout=30)
 
 
 def test_httpx_without_the_ca_fails_verification(https_server: UvicornTestServer) -> None:
     with pytest.raises(httpx.ConnectError, match=r"CERTIFICATE_VERIFY_FAILED"):
-        httpx.get(https_server.url("/"), timeout=5)
+        httpx.get(https_server.url("/"), timeout=30)
 
 
 def test_websockets_without_the_ca_fails_verification(https_server: UvicornTestServer) -> None:
@@ -167,7 +167,7 @@ def test_websockets_without_the_ca_fails_verification(https_server: UvicornTestS
 
 def test_a_plain_http_client_gets_no_answer_from_the_https_server(https_server: UvicornTestServer) -> None:
     with pytest.raises(requests.exceptions.ConnectionError):
-        requests.get(https_server.url("/").replace("https://", "http://"), timeout=5)
+        requests.get(https_server.url("/").replace("https://", "http://"), timeout=30)
 
 
 # -- the user's own certificate --------------------------------------------------------------
@@ -177,7 +177,7 @@ def test_own_certificate_files_serve_https(own_certificate: tuple[Path, Path, Pa
     ca, cert, key = own_certificate
     with UvicornTestServer(hello_app, ssl_certfile=str(cert), ssl_keyfile=str(key), health_path="/") as server:
         assert server.base_url.startswith("https://")
-        assert requests.get(server.url("/"), verify=str(ca), timeout=5).text == "hello"
+        assert requests.get(server.url("/"), verify=str(ca), timeout=30).text == "hello"
         with pytest.raises(ServerStateError, match=r"has no ssl_context: pass ssl=True"):
             _ = server.ssl_context
 

@@ -24,51 +24,51 @@ from uvicorn_testserver._wsgi import is_wsgi_app
 
 def test_a_flask_app_object_is_detected_and_served() -> None:
     with UvicornTestServer(flask_app) as server:
-        assert requests.get(server.url("/api/items"), params={"q": "x"}, timeout=5).json() == {
+        assert requests.get(server.url("/api/items"), params={"q": "x"}, timeout=30).json() == {
             "items": ["spam", "eggs"],
             "query": "x",
         }
-        assert requests.post(server.url("/login"), data={"user": "ada"}, timeout=5).text == "welcome ada"
-        with httpx.Client(base_url=server.base_url, timeout=5) as client:
+        assert requests.post(server.url("/login"), data={"user": "ada"}, timeout=30).text == "welcome ada"
+        with httpx.Client(base_url=server.base_url, timeout=30) as client:
             assert client.get("/stream").text == "line 0\nline 1\nline 2\n"
             assert client.get("/nowhere").status_code == 404
 
 
 def test_an_import_string_is_served_with_interface_wsgi() -> None:
     with UvicornTestServer("apps_flask:app", interface="wsgi") as server:
-        assert requests.get(server.url("/api/items"), timeout=5).json()["items"] == ["spam", "eggs"]
+        assert requests.get(server.url("/api/items"), timeout=30).json()["items"] == ["spam", "eggs"]
 
 
 def test_a_factory_is_served_with_interface_wsgi() -> None:
     with UvicornTestServer("apps_flask:create_app", interface="wsgi", factory=True) as server:
-        assert requests.post(server.url("/login"), data={"user": "bob"}, timeout=5).text == "welcome bob"
+        assert requests.post(server.url("/login"), data={"user": "bob"}, timeout=30).text == "welcome bob"
 
 
 def test_a_bare_wsgi_function_is_detected() -> None:
     with UvicornTestServer(hello_wsgi) as server:
-        assert requests.put(server.url("/x"), timeout=5).text == "plain WSGI saw PUT /x"
+        assert requests.put(server.url("/x"), timeout=30).text == "plain WSGI saw PUT /x"
 
 
 def test_djangos_wsgi_handler_is_detected() -> None:
     assert apps_django.urlpatterns  # the settings are configured
     with UvicornTestServer(get_wsgi_application()) as server:
-        assert requests.get(server.url("/hello/"), params={"name": "wsgi"}, timeout=5).json()["hello"] == "wsgi"
+        assert requests.get(server.url("/hello/"), params={"name": "wsgi"}, timeout=30).json()["hello"] == "wsgi"
 
 
 def test_a_wsgi_app_serves_again_after_a_restart_and_leaves_no_worker_threads() -> None:
     server = UvicornTestServer(flask_app)
     with server:  # warm up imports and the first worker pool
-        requests.get(server.url("/api/items"), timeout=5).raise_for_status()
+        requests.get(server.url("/api/items"), timeout=30).raise_for_status()
     baseline = Baseline()
     with server:
         for _ in range(5):
-            requests.get(server.url("/api/items"), timeout=5).raise_for_status()
+            requests.get(server.url("/api/items"), timeout=30).raise_for_status()
     baseline.assert_restored(wait=2.0)
 
 
 def test_a_wsgi_app_in_process_mode() -> None:
     with UvicornTestServer("apps_flask:app", mode="process", interface="wsgi") as server:
-        assert requests.get(server.url("/api/items"), timeout=5).json()["items"] == ["spam", "eggs"]
+        assert requests.get(server.url("/api/items"), timeout=30).json()["items"] == ["spam", "eggs"]
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -76,7 +76,7 @@ def test_a_wsgi_app_in_process_mode() -> None:
 
 def test_flask_turns_a_view_exception_into_its_own_500_and_logs_it(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.ERROR, logger="apps_flask"), UvicornTestServer(create_app()) as server:
-        assert requests.get(server.url("/boom"), timeout=5).status_code == 500
+        assert requests.get(server.url("/boom"), timeout=30).status_code == 500
     assert server.errors == [], "Flask handled the exception itself"
     [record] = [record for record in caplog.records if record.name == "apps_flask"]
     assert record.exc_info is not None
@@ -86,7 +86,7 @@ def test_flask_turns_a_view_exception_into_its_own_500_and_logs_it(caplog: pytes
 def test_a_propagated_flask_exception_is_recorded_and_raised_at_stop() -> None:
     server = UvicornTestServer(create_app(propagate_exceptions=True)).start()
     try:
-        assert requests.get(server.url("/boom"), timeout=5).status_code == 500  # uvicorn's own 500
+        assert requests.get(server.url("/boom"), timeout=30).status_code == 500  # uvicorn's own 500
     finally:
         with pytest.raises(ServerExceptionsError, match=r"KeyError: 'flask view lost a key'"):
             server.stop()
