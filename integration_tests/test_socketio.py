@@ -18,8 +18,9 @@ MODES: list[AsyncServerMode] = ["thread", "loop"]
 
 def _socketio_app() -> Any:
     # A long-poll is held up to ping_interval, and a polling client's disconnect waits for
-    # ping_interval + ping_timeout: short values keep the polling tests at about 1.5 s.
-    sio = socketio.AsyncServer(async_mode="asgi", ping_interval=0.5, ping_timeout=1)
+    # ping_interval + ping_timeout; but a session whose pong is later than ping_timeout is
+    # dropped, and shared CI machines stall for seconds. With 8 s a polling test takes 9-14 s.
+    sio = socketio.AsyncServer(async_mode="asgi", ping_interval=0.5, ping_timeout=8)
 
     @sio.on("FOO")
     async def foo(sid: str, data: Any) -> str:
