@@ -379,30 +379,36 @@ async def test_start_twice_raises_state_error() -> None:
 
 @pytest.mark.asyncio
 async def test_start_and_stop_never_block_the_event_loop() -> None:
-    ticks = 0
+    # The lifespan, on the server's loop, waits for the test's loop to answer. Were start() or
+    # stop() to block the test's loop, nobody would answer: startup_timeout, or a forced exit.
+    entered, started, leaving, left = (threading.Event() for _ in range(4))
+    completed: list[str] = []
 
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await asyncio.sleep(0.001)
+    async def wait_for(flag: threading.Event) -> None:
+        async with asyncio.timeout(30):
+            while not flag.is_set():  # noqa: ASYNC110 - set by a task on the other thread's loop
+                await asyncio.sleep(0.001)
+
+    async def answer(question: threading.Event, reply: threading.Event) -> None:
+        await wait_for(question)
+        reply.set()
 
     @asynccontextmanager
-    async def slow_lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await asyncio.sleep(0.2)  # on the server's loop, in its thread
+    async def lifespan_that_needs_the_tests_loop(app: FastAPI) -> AsyncIterator[None]:
+        entered.set()
+        await wait_for(started)
         yield
-        await asyncio.sleep(0.2)
+        leaving.set()
+        await wait_for(left)
+        completed.append("shutdown")
 
-    task = asyncio.create_task(ticker())
-    try:
-        async with create_test_server(lifespan=slow_lifespan):
-            during_start = ticks
-        during_both = ticks
-    finally:
-        task.cancel()
-    # Generous guard: the ticker ran while start and stop waited (~0.4 s at 1 ms a tick).
-    assert during_start > 20
-    assert during_both - during_start > 20
+    server = AsyncTestServer(lifespan=lifespan_that_needs_the_tests_loop)
+    answers = [asyncio.create_task(answer(entered, started)), asyncio.create_task(answer(leaving, left))]
+    async with server:
+        assert started.is_set()
+    await asyncio.gather(*answers)
+    assert completed == ["shutdown"]
+    assert "forcing its exit" not in server.log.text
 
 
 @pytest.mark.asyncio
