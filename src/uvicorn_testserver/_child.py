@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 
 from uvicorn_testserver._errors import format_exception
 from uvicorn_testserver._logs import ServerLog, capture_into, install_capture, log_level_lease
-from uvicorn_testserver._server import _FORCE_GRACE, _LEVELS, _STOP_MARGIN
+from uvicorn_testserver._server import _FORCE_GRACE, _LEVELS, _STOP_MARGIN, LoopTask
 from uvicorn_testserver._uvicorn import HarnessServer, StartupFailed, loop_factory, make_config
 from uvicorn_testserver._wsgi import serve_app
 
@@ -92,10 +92,8 @@ class Child:
         self.config = config
         self.shutdown_timeout = float(config["shutdown_timeout"])
         self.server: HarnessServer | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.task: asyncio.Task[Any] | None = None
+        self.main = LoopTask()
         self.started = False
-        self.cancelled = False
         self.finished = threading.Event()
 
     def run(self) -> int:
@@ -130,9 +128,7 @@ class Child:
                 self.finished.set()
 
     async def _serve(self, server: HarnessServer) -> int:
-        self.loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task()
-        if self.cancelled:  # the parent stopped before this loop existed
+        if not self.main.bind():  # the parent stopped before this loop existed
             return self._fail("the parent gave up waiting for the start", None)
         try:
             await server.start(self.listener)
@@ -160,11 +156,11 @@ class Child:
         assert server is not None
         server.should_exit = True
         if not self.started:
-            self._cancel()  # still starting (a startup that hangs): abort it
+            self.main.cancel()  # still starting (a startup that hangs): abort it
         if self.finished.wait(self.shutdown_timeout + _STOP_MARGIN):
             return
         server.force_exit = True
-        self._cancel()
+        self.main.cancel()
         if self.finished.wait(_FORCE_GRACE):
             return
         sys.stderr.write(
@@ -174,13 +170,6 @@ class Child:
         sys.stderr.flush()
         self.channel.send("forced")
         os._exit(EXIT_FORCED)
-
-    def _cancel(self) -> None:
-        self.cancelled = True  # seen by _serve if the loop has no task to cancel yet
-        loop, task = self.loop, self.task
-        if loop is not None and task is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is already closed
-                loop.call_soon_threadsafe(task.cancel)
 
 
 def main(argv: list[str] | None = None) -> int:

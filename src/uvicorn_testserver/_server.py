@@ -63,6 +63,32 @@ _FORCE_GRACE = 3.0
 
 
 @dataclass(eq=False)
+class LoopTask:
+    """The main task of an event loop that runs in another thread, cancellable from outside.
+
+    A cancel that comes before the task exists is not lost: `bind` reports it.
+    """
+
+    loop: asyncio.AbstractEventLoop | None = None
+    task: asyncio.Task[Any] | None = None
+    cancelled: bool = False
+
+    def bind(self) -> bool:
+        """Called first in the task: record its loop and itself; False if it was cancelled already."""
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        return not self.cancelled
+
+    def cancel(self) -> None:
+        """Cancel the task from another thread, or, if it does not exist yet, make `bind` refuse."""
+        self.cancelled = True
+        loop, task = self.loop, self.task
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(task.cancel)
+
+
+@dataclass(eq=False)
 class _Run:
     """One start() .. stop() of a server: everything that must be released at the end."""
 
@@ -71,25 +97,12 @@ class _Run:
     cleanup: ExitStack
     ready: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
     thread: threading.Thread | None = None
-    loop: asyncio.AbstractEventLoop | None = None
-    task: asyncio.Task[None] | None = None
+    main: LoopTask = field(default_factory=LoopTask)
     crash: BaseException | None = None
-    cancelled: bool = False
-
-    def cancel(self) -> None:
-        """Cancel the server's main task from another thread (a start that hangs).
-
-        A thread that has not created its task yet sees `cancelled` and does not serve.
-        """
-        self.cancelled = True
-        loop, task = self.loop, self.task
-        if loop is not None and task is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is already closed
-                loop.call_soon_threadsafe(task.cancel)
 
     def settle(self, timeout: float = 1.0) -> None:
         """From another thread, wait (up to `timeout`) until the server's loop finishes the step it is in."""
-        loop, thread = self.loop, self.thread
+        loop, thread = self.main.loop, self.thread
         if loop is None or thread is None or thread is threading.current_thread() or not loop.is_running():
             return
         done = threading.Event()
@@ -392,11 +405,8 @@ class UvicornTestServer:
                     run.ready.set_exception(failure)
 
     async def _serve(self, run: _Run) -> None:
-        run.loop = asyncio.get_running_loop()
-        run.task = asyncio.current_task()
-        if run.cancelled:  # start() gave up before this thread got this far
-            return
-        await run.server.serve_on(run.sock, run.ready)
+        if run.main.bind():  # else start() gave up before this thread got this far
+            await run.server.serve_on(run.sock, run.ready)
 
     def _wait_ready(self, run: _Run, started_at: float) -> None:
         deadline = started_at + self.startup_timeout
@@ -517,13 +527,13 @@ class UvicornTestServer:
                 return
             run.server.should_exit = True
             if not run.server.started:
-                run.cancel()  # still starting (a startup that hangs): abort it
+                run.main.cancel()  # still starting (a startup that hangs): abort it
             thread.join(self.shutdown_timeout + _STOP_MARGIN)
             forced = thread.is_alive()
             if forced:
                 log_forced_exit(self._log, self.shutdown_timeout)
                 run.server.force_exit = True
-                run.cancel()
+                run.main.cancel()
                 thread.join(_FORCE_GRACE)
             if thread.is_alive():
                 elapsed = time.monotonic() - started_at
