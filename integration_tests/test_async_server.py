@@ -441,8 +441,8 @@ def test_lifespan_with_an_app_of_your_own_raises_type_error() -> None:
 
 
 def test_unknown_mode_raises_value_error() -> None:
-    with pytest.raises(ValueError, match="mode must be 'thread' or 'loop', not 'process'"):
-        AsyncTestServer(mode="process")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="mode must be one of thread, loop, process, not 'fork'"):
+        AsyncTestServer(mode="fork")  # type: ignore[arg-type]
 
 
 def test_port_before_start_raises_state_error() -> None:

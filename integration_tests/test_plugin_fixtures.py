@@ -409,10 +409,10 @@ def test_marker_that_would_change_the_shared_server_is_an_error(pytester: pytest
     [
         ('log_level="loud"', "log_level must be one of critical, error, warning, info, debug, trace, not 'loud'."),
         ("startup_timeout=0", "startup_timeout must be a positive number of seconds, not 0."),
-        ("workers=2", "UvicornTestServer does not accept 'workers': *"),
+        ("workers=2", "uvicorn-testserver does not accept 'workers': *"),
         ("no_such_option=1", "'no_such_option' is not an option of uvicorn.Config *"),
         ('"/health"', "@pytest.mark.uvicorn takes keyword arguments only*"),
-        ('mode="process"', "the plugin's fixtures run servers in threads, not mode='process'*"),
+        ('mode="loop"', "@pytest.mark.uvicorn on *: mode must be 'thread' or 'process' (mode='loop' runs on your *"),
     ],
 )
 def test_invalid_marker_options_are_reported(pytester: pytest.Pytester, marker: str, message: str) -> None:
@@ -436,7 +436,7 @@ def test_invalid_marker_options_are_reported(pytester: pytest.Pytester, marker: 
     [
         ("uvicorn_log_level = loud", "uvicorn_log_level must be one of critical, *, not 'loud'."),
         ("uvicorn_startup_timeout = soon", "uvicorn_startup_timeout must be a positive number of seconds, not 'soon'."),
-        ("uvicorn_options = workers=2", "uvicorn_options: UvicornTestServer does not accept 'workers': *"),
+        ("uvicorn_options = workers=2", "uvicorn_options: uvicorn-testserver does not accept 'workers': *"),
         ("uvicorn_options = port=8000", "uvicorn_options cannot set 'port': *"),
         ("uvicorn_options = h11", "uvicorn_options takes key=value lines such as http=h11, not 'h11'."),
         ("uvicorn_raise_server_exceptions = maybe", "*'maybe'*"),

@@ -55,9 +55,10 @@ def wait_until_gone(pid: int, timeout: float = 15.0) -> bool:
 # -- serving ---------------------------------------------------------------------------------
 
 
-def test_mode_process_makes_a_process_server() -> None:
+def test_mode_process_is_the_same_class_in_another_mode() -> None:
     server = UvicornTestServer("apps_process:app", mode="process")
-    assert isinstance(server, ProcessServer)
+    assert type(server) is UvicornTestServer
+    assert server.mode == "process"
     assert repr(server) == "<UvicornTestServer mode=process app='apps_process:app' 127.0.0.1:? pid=None stopped>"
 
 

@@ -23,12 +23,13 @@ from uvicorn_testserver._errors import (
     WebSocketClosedError,
 )
 from uvicorn_testserver._logs import ServerLog
-from uvicorn_testserver._server import LogLevel, UvicornTestServer
+from uvicorn_testserver._server import ProcessServer, UvicornTestServer
+from uvicorn_testserver._settings import LogLevel
 
 if _TYPE_CHECKING:
     from uvicorn_testserver._async import AsyncServerMode, AsyncTestServer, create_test_server
     from uvicorn_testserver._client import AsyncTestClient
-    from uvicorn_testserver._process import ChildAppError, ProcessServer
+    from uvicorn_testserver._process import ChildAppError
     from uvicorn_testserver._response import AsyncTestResponse
     from uvicorn_testserver._streaming import AsyncTestStream, EventStream, ServerSentEvent
     from uvicorn_testserver._websocket import WebSocketConfig, WebSocketHelper
@@ -45,7 +46,6 @@ _LAZY = {
     "AsyncTestStream": "_streaming",
     "ChildAppError": "_process",
     "EventStream": "_streaming",
-    "ProcessServer": "_process",
     "ServerSentEvent": "_streaming",
     "WebSocketConfig": "_websocket",
     "WebSocketHelper": "_websocket",

@@ -1,11 +1,11 @@
 """`AsyncTestServer` and `create_test_server`: a live server for async tests, with a client.
 
-Two modes. ``mode="thread"`` (the default) wraps `UvicornTestServer`: uvicorn runs on
-its own loop in a thread, start and stop run in a worker thread, so the test's loop is
-never blocked and a blocking client in the test still gets answers. ``mode="loop"``
-runs uvicorn as a task on the test's own running loop, for apps that share loop-bound
-objects (a connection pool, a queue) with the test; it reuses the harness's pieces, so
-readiness, errors, log capture and the fast stop are the same.
+The async face of the same lifecycle as `UvicornTestServer`, in any mode: ``"thread"``
+(the default: uvicorn on its own loop in a thread), ``"loop"`` (uvicorn as a task on the
+test's own running asyncio loop, for apps that share loop-bound objects with the test)
+or ``"process"`` (a child process). Start and stop run in a worker thread through anyio,
+so they never block the test's loop and work under asyncio and trio; loop mode and the
+aiohttp-based `client` need asyncio.
 """
 
 from __future__ import annotations
@@ -13,32 +13,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from types import TracebackType
-from typing import Any, Literal, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self
 
+import sniffio
+
+from uvicorn_testserver import _bridge
 from uvicorn_testserver._client import AsyncTestClient
-from uvicorn_testserver._errors import (
-    ServerExceptionsError,
-    ServerShutdownError,
-    ServerStateError,
-)
-from uvicorn_testserver._logs import ServerLog
-from uvicorn_testserver._loop import LoopRunner
+from uvicorn_testserver._errors import ServerStateError
+from uvicorn_testserver._lifecycle import Launch, LiveServer, Run, ServerCore, errors_noted_on
+from uvicorn_testserver._loop import LoopRun
+from uvicorn_testserver._process import ProcessRun
 from uvicorn_testserver._response import DEFAULT_TIMEOUT
-from uvicorn_testserver._server import (
-    LogLevel,
-    UvicornTestServer,
-    connect_host,
-    describe_app,
-)
-from uvicorn_testserver._uvicorn import AppType
+from uvicorn_testserver._settings import AppType, LogLevel, Mode, ServerSettings
+from uvicorn_testserver._thread import ThreadRun
+
+if TYPE_CHECKING:
+    from websockets.asyncio.client import connect as WebSocketConnect
 
 __all__ = ["AsyncServerMode", "AsyncTestServer", "create_test_server"]
 
-AsyncServerMode = Literal["thread", "loop"]
-"""Where an `AsyncTestServer` runs uvicorn: in its own thread, or in the test's event loop."""
-_T = TypeVar("_T")
+AsyncServerMode = Mode
+"""Where an `AsyncTestServer` runs uvicorn: its own thread, the test's event loop, or a child process."""
 
 
 def _fastapi_app(lifespan: Callable[[Any], Any] | None) -> Any:
@@ -56,25 +54,25 @@ def _fastapi_app(lifespan: Callable[[Any], Any] | None) -> Any:
     return FastAPI(lifespan=lifespan)
 
 
-class AsyncTestServer:
+class AsyncTestServer(LiveServer):
     """A real uvicorn server for async tests, with an aiohttp-based `client`.
 
     With ``app=None`` a ``FastAPI(lifespan=lifespan)`` app is created at once, so routes
     can be added to `app` before or after start (FastAPI looks routes up per request;
-    middleware only before the first start, as Starlette requires). Any ASGI app or
-    import string may be passed instead; then a `lifespan` function is refused, while
+    middleware only before the first start, as Starlette requires). Any ASGI or WSGI app
+    or import string may be passed instead; then a `lifespan` function is refused, while
     a string ``"auto"``, ``"on"`` or ``"off"`` is uvicorn's own lifespan option either
-    way. `mode` is ``"thread"`` (the default) or ``"loop"``, see the module docstring.
-    `host`, `port`, `health_path`, `raise_server_exceptions`, `log_level` and extra
-    uvicorn options mean what they mean for `UvicornTestServer`; `client_timeout` is
-    the client's default timeout.
+    way. `mode` is ``"thread"`` (the default), ``"loop"`` or ``"process"`` (see the module
+    docstring). The other options mean what they mean for `UvicornTestServer`, with the
+    same defaults; `client_timeout` is the client's default timeout.
 
     Use ``async with AsyncTestServer(...) as server`` or ``await start()`` / ``await
     stop()``. Failures raise the `ServerError` family: `ServerStartupError` from a start
     that fails (nothing is left running), `ServerExceptionsError` from the stop after
-    the app raised while serving (with `raise_server_exceptions`). In loop mode a
-    blocking call in the app blocks the test too, and a blocking client in the test
-    (``requests``) cannot get an answer: run it with ``asyncio.to_thread``.
+    the app raised while serving (with `raise_server_exceptions`). Cancelling a start or
+    stop at any moment leaves nothing running. In loop mode a blocking call in the app
+    blocks the test too, and a blocking client in the test (``requests``) cannot get an
+    answer: run it with ``asyncio.to_thread``.
     """
 
     __test__ = False
@@ -87,103 +85,92 @@ class AsyncTestServer:
         host: str = "127.0.0.1",
         port: int = 0,
         mode: AsyncServerMode = "thread",
+        ssl: bool = False,
         health_path: str | None = None,
         startup_timeout: float = 30.0,
-        shutdown_timeout: float = 10.0,
+        shutdown_timeout: float = 5.0,
         raise_server_exceptions: bool = True,
         log_level: LogLevel = "warning",
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
         client_timeout: float | None = DEFAULT_TIMEOUT,
         **uvicorn_options: Any,
     ) -> None:
-        if mode not in ("thread", "loop"):
-            raise ValueError(f"mode must be 'thread' or 'loop', not {mode!r}.")
-        if mode == "loop" and "loop" in uvicorn_options:
-            raise TypeError(
-                "loop= picks the event loop of the server thread; with mode='loop' the server runs on yours."
-            )
         if isinstance(lifespan, str):  # uvicorn's own option: "auto", "on" or "off"
             uvicorn_options["lifespan"], lifespan = lifespan, None
         if app is None:
+            if mode == "process":
+                raise TypeError(
+                    "mode='process' imports the app in a child process, so it needs an import string such as "
+                    "'package.module:app'; the FastAPI app made when no app is given cannot cross over."
+                )
             app = _fastapi_app(lifespan)
         elif lifespan is not None:
             raise TypeError(
                 "lifespan= is for the FastAPI app created when no app is given; give your own app its lifespan."
             )
-        self.app: Any = app
-        self.mode: AsyncServerMode = mode
-        self.client_timeout = client_timeout
-        self._harness = UvicornTestServer(
+        settings = ServerSettings.build(
             app,
-            host,
-            port,
+            mode=mode,
+            host=host,
+            port=port,
+            ssl=ssl,
             health_path=health_path,
             startup_timeout=startup_timeout,
             shutdown_timeout=shutdown_timeout,
             raise_server_exceptions=raise_server_exceptions,
             log_level=log_level,
-            **uvicorn_options,
+            uvicorn_options=uvicorn_options,
+            env=env,
+            cwd=cwd,
         )
-        self._backend: _Backend = _ThreadBackend(self._harness) if mode == "thread" else LoopRunner(self._harness, port)
+        self.client_timeout = client_timeout
+        self._loop: asyncio.AbstractEventLoop | None = None  # the caller's, in loop mode
+        self._core = ServerCore(settings, self._new_run)
         self._client: AsyncTestClient | None = None
 
-    # -- where it listens, and state ------------------------------------------------------
+    def _new_run(self, launch: Launch) -> Run:
+        if self.mode == "thread":
+            return ThreadRun(launch)
+        if self.mode == "process":
+            return ProcessRun(launch)
+        assert self._loop is not None
+        return LoopRun(launch, self._loop)
 
     @property
-    def host(self) -> str:
-        """The host the server binds."""
-        return self._harness.host
-
-    @property
-    def port(self) -> int:
-        """The port it listens on; raises `ServerStateError` before the first start with ``port=0``."""
-        return self._backend.port
-
-    @property
-    def base_url(self) -> str:
-        """``http://host:port``."""
-        return f"http://{connect_host(self.host)}:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        """``ws://host:port``."""
-        return f"ws://{connect_host(self.host)}:{self.port}"
-
-    def url(self, path: str = "/") -> str:
-        """The absolute HTTP URL of `path`."""
-        return self.base_url + (path if path.startswith("/") else "/" + path)
+    def app(self) -> Any:
+        """The app as given, or the FastAPI app made when none was (add routes to it)."""
+        return self._core.settings.app
 
     @property
     def client(self) -> AsyncTestClient:
-        """The client of this run; raises `ServerStateError` unless the server is running."""
+        """The aiohttp-based client of this run (asyncio only); raises `ServerStateError` unless running."""
         if self._client is None:
+            if self.is_running:
+                raise ServerStateError(
+                    f"{self!r} has no client under {sniffio.current_async_library()}: its aiohttp-based client "
+                    "needs asyncio. Use httpx.AsyncClient(base_url=server.base_url) there instead."
+                )
             raise ServerStateError(
                 f"{self!r} is not running, and its client exists only between start() and stop(). "
                 "Use `async with create_test_server(...) as server:` or await server.start() first."
             )
         return self._client
 
-    @property
-    def is_running(self) -> bool:
-        """True between a successful `start()` and `stop()` while the server serves."""
-        return self._backend.is_running
+    def websocket_connect(self, path: str = "/", **options: Any) -> WebSocketConnect:
+        """Open a WebSocket to `path` with the `websockets` library's asyncio client (asyncio only).
 
-    @property
-    def errors(self) -> list[BaseException]:
-        """Unhandled exceptions the app raised while serving, since the last start."""
-        return self._backend.errors
+        Use it as ``async with server.websocket_connect("/ws") as ws:``. `options` go to
+        ``websockets.asyncio.client.connect``; with TLS, ``ssl`` defaults to `ssl_context`.
+        Raises `ServerStateError` if the server is not running.
+        """
+        if not self.is_running:
+            raise ServerStateError(f"{self!r} is not running; call start() before websocket_connect({path!r}).")
+        from websockets.asyncio.client import connect
 
-    @property
-    def log(self) -> ServerLog:
-        """The log records this server emitted."""
-        return self._harness.log
-
-    def __repr__(self) -> str:
-        try:
-            port: int | str = self._backend.port
-        except ServerStateError:
-            port = "?"
-        state = "running" if self.is_running else "stopped"
-        return f"<AsyncTestServer mode={self.mode} app={describe_app(self.app)} {self.host}:{port} {state}>"
+        if self._core.settings.tls is not None:
+            options.setdefault("ssl", self.ssl_context)
+        return connect(self.ws_url + (path if path.startswith("/") else "/" + path), **options)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -195,25 +182,37 @@ class AsyncTestServer:
         `startup_timeout`, and `ServerStateError` if already running. Cancelling the
         start stops what was started before the cancellation propagates.
         """
-        if self._client is not None:
+        backend = sniffio.current_async_library()
+        if self.mode == "loop":
+            if backend != "asyncio":
+                raise RuntimeError(
+                    f"mode='loop' runs uvicorn on the test's asyncio event loop, and this test runs under {backend}. "
+                    "Use mode='thread' (the default) or mode='process', which work under any anyio backend."
+                )
+            self._loop = asyncio.get_running_loop()
+        if self.is_running:
             raise ServerStateError(f"{self!r} is already running at {self.base_url}; call stop() first.")
-        await self._backend.start()
-        self._client = AsyncTestClient(self.base_url, timeout=self.client_timeout)
+        await _bridge.start(self._core)
+        if backend == "asyncio":
+            self._client = AsyncTestClient(self.base_url, timeout=self.client_timeout, ssl=self._client_ssl())
         return self
+
+    def _client_ssl(self) -> Any:
+        return self.ssl_context if self._core.settings.tls is not None else None
 
     async def stop(self) -> None:
         """Close the client and everything it opened, then stop the server. Idempotent.
 
         Never blocks the event loop. Raises `ServerShutdownError` if the server does not
-        end within `shutdown_timeout` (after a forced exit), then `ServerExceptionsError`
-        if the app raised while serving and `raise_server_exceptions` is on.
+        end within its bounds, then `ServerExceptionsError` if the app raised while
+        serving and `raise_server_exceptions` is on. Cancelling it lets the stop finish.
         """
         client, self._client = self._client, None
         try:
             if client is not None:
                 await client.close()
         finally:
-            await self._backend.stop()
+            await _bridge.stop(self._core)
 
     async def __aenter__(self) -> Self:
         return await self.start()
@@ -221,14 +220,8 @@ class AsyncTestServer:
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if exc is None:
+        with errors_noted_on(exc):
             await self.stop()
-            return
-        try:
-            await self.stop()
-        except ServerExceptionsError as server_error:
-            # The block's own failure stays the error; the app's exceptions are added to it.
-            exc.add_note(str(server_error))
 
 
 def create_test_server(
@@ -244,60 +237,3 @@ def create_test_server(
     `AsyncTestServer` (``mode``, ``startup_timeout``, ``port``, uvicorn options, ...).
     """
     return AsyncTestServer(app, lifespan=lifespan, **options)
-
-
-# -- the two ways of running ----------------------------------------------------------------
-
-
-class _Backend(Protocol):
-    @property
-    def port(self) -> int: ...
-    @property
-    def is_running(self) -> bool: ...
-    @property
-    def errors(self) -> list[BaseException]: ...
-    async def start(self) -> None: ...
-    async def stop(self) -> None: ...
-
-
-async def _in_thread(function: Callable[[], _T]) -> _T:
-    """Run `function` in a worker thread; if the caller is cancelled, let it finish before re-raising."""
-    future = asyncio.ensure_future(asyncio.to_thread(function))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        await asyncio.wait({future})  # a thread cannot be interrupted; `function` has its own deadline
-        if not future.cancelled():
-            future.exception()  # retrieved here: the cancellation is what the caller gets
-        raise
-
-
-class _ThreadBackend:
-    """`UvicornTestServer` in its thread, driven from a worker thread."""
-
-    def __init__(self, harness: UvicornTestServer) -> None:
-        self._harness = harness
-
-    @property
-    def port(self) -> int:
-        return self._harness.port
-
-    @property
-    def is_running(self) -> bool:
-        return self._harness.is_running
-
-    @property
-    def errors(self) -> list[BaseException]:
-        return self._harness.errors
-
-    async def start(self) -> None:
-        try:
-            await _in_thread(self._harness.start)
-        except asyncio.CancelledError:
-            # The start may have succeeded while the cancellation waited for it.
-            with contextlib.suppress(ServerExceptionsError, ServerShutdownError):
-                await _in_thread(self._harness.stop)
-            raise
-
-    async def stop(self) -> None:
-        await _in_thread(self._harness.stop)

@@ -2,42 +2,41 @@
 
 The parent passes two inherited file descriptors: the listening socket it bound, and
 one end of a socket pair, the *control channel*. Over the channel the parent sends one
-JSON line (the app, uvicorn options, log level, its ``sys.path``) and then nothing;
-closing its end means "stop". The child answers with JSON lines: ``log`` records,
-``ready`` once lifespan startup completed and the socket is served, ``failed`` with
-the reason and the app's traceback, ``app_error`` for every unhandled exception, and
+JSON line (the app, uvicorn options, timeouts, log level, its ``sys.path``), then only
+``{"ping": n}`` lines; closing its end means "stop". The child answers with JSON lines:
+``log`` records, ``ready`` once lifespan startup completed and the socket is served,
+``failed`` with the reason and the app's traceback, ``app_error`` for every unhandled
+exception, ``pong`` for each ping once its loop finished the step it was in, and
 ``stopped`` after a graceful shutdown.
 
-The channel reaching end-of-file is also how the child notices that its parent died
-(the kernel closes a dead process's descriptors), so it never outlives the test run. A
-watchdog thread, which runs even while the event loop is blocked, forces the exit
-if the graceful shutdown does not finish in time. SIGINT is ignored: on Ctrl-C the
-parent stops its children itself.
+Inside, the child is a thread-mode server (the same `ServerCore` and `ThreadRun`), so
+its start, stop and forced exit are the ones every mode has, except that the event loop
+runs on the main thread, as it would in production, and the lifecycle on another. If
+that stop still cannot end the loop, the child exits with `EXIT_FORCED`. The channel reaching end-of-file is
+also how it notices that its parent died, so it never outlives the test run. SIGINT is
+ignored: on Ctrl-C the parent stops its children itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import logging
 import os
+import queue
 import signal
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from uvicorn_testserver._errors import format_exception
-from uvicorn_testserver._logs import ServerLog, capture_into, install_capture, log_level_lease
-from uvicorn_testserver._server import _FORCE_GRACE, _LEVELS, _STOP_MARGIN, LoopTask
-from uvicorn_testserver._uvicorn import HarnessServer, StartupFailed, loop_factory, make_config
-from uvicorn_testserver._wsgi import serve_app
-
-#: Exit codes: startup failed (as uvicorn's own), and the watchdog forced the exit.
-EXIT_STARTUP_FAILED = 3
-EXIT_FORCED = 70
+from uvicorn_testserver._errors import ServerShutdownError, ServerStartupError, format_exception
+from uvicorn_testserver._lifecycle import FORCE_GRACE, Launch, ServerCore
+from uvicorn_testserver._process import EXIT_FORCED, EXIT_STARTUP_FAILED
+from uvicorn_testserver._settings import LEVELS, ServerSettings
+from uvicorn_testserver._thread import ThreadRun
 
 
 class Channel:
@@ -85,91 +84,118 @@ class ForwardHandler(logging.Handler):
         )
 
 
-class Child:
-    def __init__(self, channel: Channel, listener: socket.socket, config: dict[str, Any]) -> None:
-        self.channel = channel
-        self.listener = listener
-        self.config = config
-        self.shutdown_timeout = float(config["shutdown_timeout"])
-        self.server: HarnessServer | None = None
-        self.main = LoopTask()
-        self.started = False
-        self.finished = threading.Event()
+class MainThreadRun(ThreadRun):
+    """A thread-mode run whose event loop runs on the child's main thread, as the app would in production
+    (signal handlers, for one, can only be installed there); the lifecycle drives it from another thread."""
 
-    def run(self) -> int:
-        for entry in reversed(self.config["sys_path"]):
-            if entry not in sys.path:
-                sys.path.insert(1, entry)  # after the child's own first entry, the working directory
-        level = _LEVELS[self.config["log_level"]]
-        root = logging.getLogger()
-        root.addHandler(ForwardHandler(self.channel))
-        root.setLevel(level)
-        install_capture()
-        log = ServerLog(max_records=200)
-        log.drop_access_log = self.config["options"].get("access_log") is False
-        log.level = level
-        with capture_into(log), log_level_lease(level):
-            try:
-                app, options = serve_app(self.config["app"], self.config["options"])
-                uvicorn_config = make_config(app, shutdown_timeout=self.shutdown_timeout, options=options)
-                self.server = HarnessServer(uvicorn_config, on_app_error=self._report_app_error)
-                factory = loop_factory(uvicorn_config)
-            except StartupFailed as exc:
-                return self._fail(exc.reason, exc.__cause__)
-            except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it as a startup error
-                return self._fail(f"cannot configure uvicorn: {exc!r}", exc)
-            threading.Thread(target=self._watch_parent, name="uvicorn-testserver watchdog", daemon=True).start()
-            try:
-                with asyncio.Runner(loop_factory=factory) as runner:
-                    return runner.run(self._serve(self.server))
-            except asyncio.CancelledError:
-                return self._fail("the parent gave up waiting for the start", None)
-            finally:
-                self.finished.set()
+    def __init__(self, launch: Launch, main_thread: queue.SimpleQueue[Callable[[], None] | None]) -> None:
+        super().__init__(launch)
+        self._main_thread = main_thread
+        self._done = threading.Event()
 
-    async def _serve(self, server: HarnessServer) -> int:
-        if not self.main.bind():  # the parent stopped before this loop existed
-            return self._fail("the parent gave up waiting for the start", None)
+    def launch(self) -> None:
+        self._main_thread.put(self._serve_then_signal)
+
+    def _serve_then_signal(self) -> None:
         try:
-            await server.start(self.listener)
-        except StartupFailed as exc:
-            return self._fail(exc.reason, exc.__cause__)
-        self.started = True
-        self.channel.send("ready")
-        await server.serve_until_exit(self.listener)
-        self.channel.send("stopped")
-        return 0
+            self.serve()
+        finally:
+            self._done.set()
 
-    def _fail(self, reason: str, cause: BaseException | None) -> int:
-        self.channel.send("failed", reason=reason, cause=describe_exception(cause) if cause is not None else None)
-        return EXIT_STARTUP_FAILED
+    def is_alive(self) -> bool:
+        return not self._done.is_set()
 
-    def _report_app_error(self, exc: BaseException) -> None:
-        self.channel.send("app_error", **describe_exception(exc))
+    def wait_ended(self, timeout: float) -> bool:
+        return self._done.wait(timeout)
 
-    def _watch_parent(self) -> None:
-        """Stop when the control channel closes; force the exit if the graceful stop overruns."""
-        with contextlib.suppress(OSError):
-            while self.channel.reader.read(65536):
-                pass  # the parent sends nothing after the configuration: end-of-file means stop
-        server = self.server
-        assert server is not None
-        server.should_exit = True
-        if not self.started:
-            self.main.cancel()  # still starting (a startup that hangs): abort it
-        if self.finished.wait(self.shutdown_timeout + _STOP_MARGIN):
-            return
-        server.force_exit = True
-        self.main.cancel()
-        if self.finished.wait(_FORCE_GRACE):
-            return
-        sys.stderr.write(
-            f"uvicorn-testserver child {os.getpid()}: the event loop did not stop within "
-            f"{self.shutdown_timeout + _STOP_MARGIN + _FORCE_GRACE:.1f}s; forcing the exit.\n"
+
+def serve(channel: Channel, listener: socket.socket, config: dict[str, Any]) -> int:
+    """Serve until the channel closes; return the exit code. The event loop runs on this, the main, thread."""
+    for entry in reversed(config["sys_path"]):
+        if entry not in sys.path:
+            sys.path.insert(1, entry)  # after the child's own first entry, the working directory
+    root = logging.getLogger()
+    root.addHandler(ForwardHandler(channel))
+    root.setLevel(LEVELS[config["log_level"]])
+    try:
+        settings = ServerSettings.build(
+            config["app"],
+            mode="thread",
+            host=config["host"],
+            port=0,
+            ssl=False,  # the parent wrote the certificate files; they are in the options
+            health_path=None,  # the parent checks health
+            startup_timeout=float(config["startup_timeout"]) + FORCE_GRACE,  # the parent's deadline comes first
+            shutdown_timeout=float(config["shutdown_timeout"]),
+            raise_server_exceptions=False,  # each error goes to the parent as it happens
+            log_level=config["log_level"],
+            uvicorn_options=config["options"],
         )
-        sys.stderr.flush()
-        self.channel.send("forced")
-        os._exit(EXIT_FORCED)
+    except (TypeError, ValueError, ImportError) as exc:
+        return fail(channel, f"cannot configure uvicorn: {exc!r}", exc)
+    main_thread: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+    core = ServerCore(settings, lambda launch: MainThreadRun(launch, main_thread))
+    core.on_app_error = lambda exc: channel.send("app_error", **describe_exception(exc))
+    core.use_socket(listener)
+    exit_code: list[int] = []
+    control = threading.Thread(
+        target=lambda: exit_code.append(control_lifecycle(channel, core, main_thread)),
+        name="uvicorn-testserver lifecycle",
+        daemon=True,
+    )
+    control.start()
+    while (work := main_thread.get()) is not None:
+        work()
+    control.join()
+    return exit_code[0] if exit_code else 1
+
+
+def control_lifecycle(
+    channel: Channel, core: ServerCore, main_thread: queue.SimpleQueue[Callable[[], None] | None]
+) -> int:
+    """Start, serve until the channel closes, stop; then release the main thread. Returns the exit code."""
+    closed, cancelled = threading.Event(), threading.Event()
+    threading.Thread(
+        target=watch_channel, args=(channel, core, closed, cancelled), name="uvicorn-testserver channel", daemon=True
+    ).start()
+    try:
+        try:
+            core.start(cancelled)
+        except ServerStartupError as exc:
+            return fail(channel, exc.reason, exc.__cause__)
+        channel.send("ready")
+        closed.wait()
+        try:
+            core.stop()
+        except ServerShutdownError as exc:
+            sys.stderr.write(f"uvicorn-testserver child {os.getpid()}: {exc}\n")
+            sys.stderr.flush()
+            run = core.last_run
+            if run is not None and run.is_alive():
+                os._exit(EXIT_FORCED)  # the loop is still stuck on the main thread: end the process under it
+            return 1
+        channel.send("stopped")
+        return 0
+    finally:
+        main_thread.put(None)
+
+
+def watch_channel(channel: Channel, core: ServerCore, closed: threading.Event, cancelled: threading.Event) -> None:
+    """Answer pings until the channel closes, then say so (and abandon a start still in progress)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in channel.reader:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                ping = int(json.loads(line)["ping"])
+                core.settle()
+                channel.send("pong", n=ping)
+    cancelled.set()
+    core.abandon()
+    closed.set()
+
+
+def fail(channel: Channel, reason: str, cause: BaseException | None) -> int:
+    channel.send("failed", reason=reason, cause=describe_exception(cause) if cause is not None else None)
+    return EXIT_STARTUP_FAILED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,9 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = json.loads(line)
     except ValueError as exc:
-        channel.send("failed", reason=f"the configuration from the parent is not JSON: {exc}", cause=None)
-        return EXIT_STARTUP_FAILED
-    return Child(channel, listener, config).run()
+        return fail(channel, f"the configuration from the parent is not JSON: {exc}", None)
+    return serve(channel, listener, config)
 
 
 if __name__ == "__main__":

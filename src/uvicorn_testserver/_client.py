@@ -16,7 +16,7 @@ import contextlib
 import re
 from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import aiohttp
 from multidict import CIMultiDict
@@ -25,6 +25,9 @@ from uvicorn_testserver._errors import ClientTimeoutError, ServerStateError
 from uvicorn_testserver._response import DEFAULT_TIMEOUT, AsyncTestResponse
 from uvicorn_testserver._streaming import AsyncTestStream, EventStream
 from uvicorn_testserver._websocket import WebSocketConfig, WebSocketHelper
+
+if TYPE_CHECKING:
+    import ssl as ssl_module
 
 __all__ = ["AsyncTestClient", "translate_request_options"]
 
@@ -94,6 +97,8 @@ class AsyncTestClient:
     ``timeout=aiohttp.ClientTimeout(...)``, ...), read the whole body and return an
     `AsyncTestResponse`. A request that does not complete within `timeout` raises
     `ClientTimeoutError`. Cookies the server sets are kept, also for ``127.0.0.1``.
+    `ssl` is the `ssl.SSLContext` that verifies an HTTPS server (the test server's
+    `ssl_context` with ``ssl=True``).
 
     The client is bound to the event loop it is first used in. `close()` (which the
     server's stop calls) closes every WebSocket and stream it opened and its session;
@@ -103,10 +108,16 @@ class AsyncTestClient:
     __test__ = False
 
     def __init__(
-        self, base_url: str, *, timeout: float | None = DEFAULT_TIMEOUT, headers: Mapping[str, str] | None = None
+        self,
+        base_url: str,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        headers: Mapping[str, str] | None = None,
+        ssl: ssl_module.SSLContext | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.ssl = ssl
         self.ws = WebSocketHelper()
         self._headers = dict(headers or {})
         self._session: aiohttp.ClientSession | None = None
@@ -142,6 +153,7 @@ class AsyncTestClient:
                 timeout=aiohttp.ClientTimeout(total=self.timeout),
                 headers=self._headers,
                 cookie_jar=aiohttp.CookieJar(unsafe=True),  # the default jar drops cookies of IP hosts
+                connector=aiohttp.TCPConnector(ssl=self.ssl) if self.ssl is not None else None,
             )
             self._loop = loop
         elif loop is not self._loop:

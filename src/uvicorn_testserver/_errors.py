@@ -62,7 +62,12 @@ class ServerError(RuntimeError):
 
 
 class ServerStartupError(ServerError):
-    """The server did not become ready: the app failed to load or start, or time ran out."""
+    """The server did not become ready: the app failed to load or start, or time ran out.
+
+    `reason` is what failed, in a few words, without where and how long.
+    """
+
+    reason: str = ""
 
 
 class PortInUseError(ServerStartupError):

@@ -38,7 +38,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import inspect
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Iterator
@@ -50,44 +49,10 @@ from uvicorn.importer import ImportFromStringError, import_from_string
 
 from uvicorn_testserver._logs import current_log, harness_logger
 
-__all__ = ["REJECTED_OPTIONS", "HarnessServer", "StartupFailed", "check_options", "loop_factory", "make_config"]
-
-AppType = Callable[..., Any] | str
-
-#: uvicorn.Config options that make no sense for an in-process test server, and why.
-REJECTED_OPTIONS: dict[str, str] = {
-    "workers": "a test server runs in one thread; use several servers instead",
-    "reload": "the test process owns the code; restart the server instead",
-    "reload_dirs": "reload is not supported",
-    "reload_includes": "reload is not supported",
-    "reload_excludes": "reload is not supported",
-    "reload_delay": "reload is not supported",
-    "uds": "the harness binds a TCP socket itself",
-    "fd": "the harness binds a TCP socket itself",
-    "log_config": "the harness never reconfigures logging; read server.log or use caplog",
-    "timeout_graceful_shutdown": "use shutdown_timeout",
-    "app": "pass the app as the first argument",
-    "host": "pass host as an argument of UvicornTestServer",
-    "port": "pass port as an argument of UvicornTestServer",
-    "log_level": "pass log_level as an argument of UvicornTestServer",
-}
-
-_CONFIG_PARAMETERS = frozenset(inspect.signature(uvicorn.Config.__init__).parameters) - {"self"}
+__all__ = ["HarnessServer", "StartupFailed", "loop_factory", "make_config"]
 
 
-def check_options(options: dict[str, Any]) -> None:
-    """Raise `TypeError` for an option uvicorn does not know or the harness cannot honour."""
-    for name in options:
-        if name in REJECTED_OPTIONS:
-            raise TypeError(f"UvicornTestServer does not accept {name!r}: {REJECTED_OPTIONS[name]}.")
-        if name not in _CONFIG_PARAMETERS:
-            known = ", ".join(sorted(_CONFIG_PARAMETERS - REJECTED_OPTIONS.keys()))
-            raise TypeError(
-                f"{name!r} is not an option of uvicorn.Config {uvicorn.__version__}; known options: {known}."
-            )
-
-
-def make_config(app: AppType, *, shutdown_timeout: float, options: dict[str, Any]) -> uvicorn.Config:
+def make_config(app: Any, *, shutdown_timeout: float, options: dict[str, Any]) -> uvicorn.Config:
     """A `uvicorn.Config` that leaves the process's logging alone."""
     options = dict(options)
     options.pop("access_log", None)  # honoured per server by the log capture, not by uvicorn

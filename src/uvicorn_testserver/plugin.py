@@ -34,8 +34,8 @@ import pytest
 
 from uvicorn_testserver._errors import ServerExceptionsError, ServerStartupError, ServerStateError, format_exception
 from uvicorn_testserver._logs import format_records
-from uvicorn_testserver._server import LogLevel, UvicornTestServer, describe_app
-from uvicorn_testserver._uvicorn import AppType, check_options
+from uvicorn_testserver._server import UvicornTestServer
+from uvicorn_testserver._settings import DEFAULTS, AppType, LogLevel, check_options, describe_app
 
 __all__ = ["ServerScope", "UvicornServerFactory"]
 
@@ -91,8 +91,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     add("uvicorn_host", "Host the plugin's servers bind (default 127.0.0.1).")
     add("uvicorn_health_path", "Path that must answer 2xx before a plugin server counts as started (default: none).")
-    add("uvicorn_startup_timeout", "Seconds a plugin server may take to start (default 10).", metavar="SECONDS")
-    add("uvicorn_shutdown_timeout", "Seconds a plugin server may take to stop (default 5).", metavar="SECONDS")
+    add(
+        "uvicorn_startup_timeout",
+        f"Seconds a plugin server may take to start (default {DEFAULTS['startup_timeout']:g}).",
+        metavar="SECONDS",
+    )
+    add(
+        "uvicorn_shutdown_timeout",
+        f"Seconds a plugin server may take to stop (default {DEFAULTS['shutdown_timeout']:g}).",
+        metavar="SECONDS",
+    )
     add("uvicorn_log_level", f"Log level of the plugin's servers: {', '.join(_LOG_LEVELS)} (default info).")
     add(
         "uvicorn_raise_server_exceptions",
@@ -140,7 +148,8 @@ def _read_settings(config: pytest.Config) -> _Settings:
     options: dict[str, Any] = {"host": get("uvicorn_host") or "127.0.0.1", "log_level": log_level}
     if health_path := get("uvicorn_health_path"):
         options["health_path"] = health_path
-    for name, default in (("startup_timeout", 10.0), ("shutdown_timeout", 5.0)):
+    for name in ("startup_timeout", "shutdown_timeout"):
+        default = DEFAULTS[name]
         options[name] = _positive_seconds("uvicorn_" + name, get("uvicorn_" + name) or default)
     options["raise_server_exceptions"] = _boolean(
         "uvicorn_raise_server_exceptions", get("uvicorn_raise_server_exceptions")
@@ -201,19 +210,16 @@ def _key_value(line: str) -> tuple[str, Any]:
 
 
 def _check(options: Mapping[str, Any], where: str) -> None:
-    """Check server options the way `UvicornTestServer` would, as a `pytest.UsageError` that says where."""
-    level = options.get("log_level", "info")
-    if level not in _LOG_LEVELS:
-        raise pytest.UsageError(f"{where}: log_level must be one of {', '.join(_LOG_LEVELS)}, not {level!r}.")
-    if not isinstance(options.get("raise_server_exceptions", True), bool):
-        raise pytest.UsageError(f"{where}: raise_server_exceptions must be True or False.")
-    for name in ("startup_timeout", "shutdown_timeout"):
-        value = options.get(name, 1.0)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-            raise pytest.UsageError(f"{where}: {name} must be a positive number of seconds, not {value!r}.")
+    """Check server options the way the server would, as a `pytest.UsageError` that says where."""
+    mode = options.get("mode", "thread")
+    if mode not in ("thread", "process"):
+        raise pytest.UsageError(
+            f"{where}: mode must be 'thread' or 'process' (mode='loop' runs on your event loop: start an "
+            f"AsyncTestServer in an async fixture for that), not {mode!r}."
+        )
     try:
-        check_options({key: value for key, value in options.items() if key not in _HARNESS_OPTIONS})
-    except TypeError as exc:
+        check_options(options)
+    except (TypeError, ValueError) as exc:
         raise pytest.UsageError(f"{where}: {exc}") from None
 
 
@@ -275,17 +281,6 @@ class _ManagedServer(UvicornTestServer):
         self.errors_taken = len(errors)
         return new
 
-    def settle(self) -> None:
-        """Wait until the server's event loop has finished the step it was in.
-
-        Starlette sends the 500 response before it re-raises the app's exception (and
-        uvicorn logs it), so a client can return before the error and its log line are
-        recorded; the rest of that step records them.
-        """
-        run = self._run
-        if run is not None:
-            run.settle()
-
 
 @dataclass(eq=False)
 class _Watch:
@@ -308,7 +303,6 @@ class _Watch:
         return used
 
     def take_errors(self, server: _ManagedServer) -> list[BaseException]:
-        server.settle()
         new = server.take_errors()
         self.errors.setdefault(server, []).extend(new)
         return new
@@ -321,11 +315,6 @@ class _State:
     current: _Watch | None = None
 
     def start(self, app: AppType, options: dict[str, Any]) -> _ManagedServer:
-        if options.get("mode", "thread") != "thread":
-            raise pytest.UsageError(
-                f"the plugin's fixtures run servers in threads, not mode={options['mode']!r}; start "
-                "UvicornTestServer(app, mode='process') yourself in a fixture for a server in a child process."
-            )
         server = _ManagedServer(app, **options)
         if self.current is not None:
             self.current.created.append(server)

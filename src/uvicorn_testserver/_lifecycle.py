@@ -1,0 +1,764 @@
+"""The one server lifecycle, for every mode.
+
+`ServerCore` owns what a server is between `start()` and `stop()`: the bound socket,
+readiness with its deadline, the health check, the app's errors, the captured log,
+the stop sequence (ask, wait, force, kill, give up) and the release of everything a
+run made. Where uvicorn actually runs is a `Run`, one small class per mode
+(`_thread`, `_loop`, `_process`), which only starts serving and answers the core's
+questions. A start or stop is always blocking; the async faces call it from a worker
+thread (`_bridge`), so this module is written once, for one kind of caller.
+
+`Serving` is the piece the asyncio-based runs share: uvicorn serving a socket as the
+main task of an event loop, driven from other threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import errno
+import http.client
+import os
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from uvicorn_testserver._errors import (
+    PortInUseError,
+    ServerExceptionsError,
+    ServerShutdownError,
+    ServerStartupError,
+    ServerStateError,
+)
+from uvicorn_testserver._logs import ServerLog, capture_into, harness_logger, install_capture, log_level_lease
+from uvicorn_testserver._settings import ServerSettings, connect_host
+from uvicorn_testserver._uvicorn import HarnessServer, StartupFailed
+from uvicorn_testserver._wsgi import WSGIAdapter, WSGIFactory
+
+if TYPE_CHECKING:
+    import ssl as ssl_module
+
+__all__ = [
+    "FORCE_GRACE",
+    "STOP_MARGIN",
+    "Launch",
+    "LiveServer",
+    "Run",
+    "ServerCore",
+    "Serving",
+    "StartupFailed",
+    "bind_socket",
+    "errors_noted_on",
+]
+
+#: Extra time a run gets past shutdown_timeout to finish lifespan shutdown before its exit is forced.
+STOP_MARGIN = 1.0
+#: How long a forced exit (and then a kill) may take: the run needs to be scheduled once more,
+#: and shared CI machines stall for seconds.
+FORCE_GRACE = 3.0
+
+
+@dataclass(frozen=True, eq=False)
+class Launch:
+    """What a `Run` is given: the server's settings, its listening socket and where to report."""
+
+    settings: ServerSettings
+    sock: socket.socket
+    options: dict[str, Any]  # uvicorn options for this run (TLS files written)
+    log: ServerLog
+    on_app_error: Callable[[BaseException], None]
+
+
+class Run(Protocol):
+    """One start() .. stop() in one mode. Every method may be called from any thread but the run's own.
+
+    `stop_budget` is how long past ``shutdown_timeout`` the run may take to end on its
+    own after `ask_stop` (a child process forces its own exit first).
+    """
+
+    stop_budget: float
+
+    def launch(self) -> None:
+        """Begin serving `Launch.sock`; return at once."""
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until ready: True; False when `timeout` passed; raise `StartupFailed` if the start failed."""
+
+    def is_alive(self) -> bool:
+        """True while the server may still serve (not ended)."""
+
+    def ask_stop(self) -> None:
+        """Ask for a graceful stop (or to abandon a start in progress). Idempotent, any time after creation."""
+
+    def wait_ended(self, timeout: float) -> bool:
+        """Wait until the run has ended; False when `timeout` passed."""
+
+    def force(self) -> None:
+        """Force the exit the mode's own way, after the graceful stop overran."""
+
+    def kill(self) -> bool:
+        """The last resort after `force`; False where the mode has none."""
+
+    def settle(self) -> None:
+        """Wait (briefly, bounded) until the server has finished the step it is in, so `errors` are complete."""
+
+    def problem(self) -> tuple[str, BaseException | None] | None:
+        """After the run ended: why the end was not a clean stop (a sentence and the cause), or None."""
+
+    def left_behind(self) -> str:
+        """The sentence for a run that did not end even after `kill`: what is left behind."""
+
+    def release(self) -> None:
+        """Release what the run holds (helper threads, pipes) once it has ended or been given up on."""
+
+    def diagnostics(self) -> str:
+        """Extra text for error messages (a child's output), or ''."""
+
+    @property
+    def pid(self) -> int | None:
+        """The process that serves the app."""
+
+    @property
+    def returncode(self) -> int | None:
+        """The child's exit code once it ended (process mode), else None."""
+
+    @property
+    def output(self) -> str:
+        """The child's merged stdout and stderr (process mode), else ''."""
+
+
+RunFactory = Callable[[Launch], Run]
+
+
+class ServerCore:
+    """The lifecycle of one server. Thread-safe; `start` and `stop` block and are serialised.
+
+    A run stays tracked until it has really ended: a `stop()` interrupted by Ctrl-C can
+    be finished by a later `stop()`, or at interpreter exit.
+    """
+
+    def __init__(self, settings: ServerSettings, new_run: RunFactory) -> None:
+        self.settings = settings
+        self.log = ServerLog()
+        self.log.drop_access_log = settings.uvicorn_options.get("access_log") is False
+        self.log.level = settings.level
+        self.app_errors: list[BaseException] = []
+        self._new_run = new_run
+        self._lock = threading.Lock()
+        self._port = settings.port
+        self._sock: socket.socket | None = None  # bound by bind(), not yet handed to a run
+        self._run: Run | None = None
+        self._cleanup: ExitStack | None = None
+        self._running = False  # True between a successful start and the stop that ends it
+        self.last_run: Run | None = None
+        self.on_app_error: Callable[[BaseException], None] | None = None
+
+    # -- where it listens --
+
+    @property
+    def port(self) -> int:
+        if self._port == 0:
+            raise ServerStateError(
+                f"{self.describe()} has no port yet: port=0 picks a free one in start() or bind(); call one first."
+            )
+        return self._port
+
+    @property
+    def bound_port(self) -> int | None:
+        return self._port or None
+
+    def where(self) -> str:
+        """``host:port`` for messages (``?`` for a port not bound yet)."""
+        return f"{self.settings.host}:{self._port or '?'}"
+
+    def describe(self) -> str:
+        """The server as messages name it; the mode is said when it is not the default, thread."""
+        mode, run = self.settings.mode, self.last_run
+        pid = f", pid {run.pid}" if mode == "process" and run is not None and run.pid is not None else ""
+        return f"uvicorn server for {self.settings.app_name} on {self.where()}" + (
+            f" (mode={mode!r}{pid})" if mode != "thread" else ""
+        )
+
+    def bind(self) -> int:
+        """Bind the listening socket now, if not bound or serving already; return the port."""
+        with self._lock:
+            if self._sock is None and self._run is None:
+                self._sock = self._bind()
+            return self._port
+
+    def use_socket(self, sock: socket.socket) -> None:
+        """Serve on `sock`, bound and listening already (a process-mode child's inherited socket)."""
+        self._sock = sock
+        self._port = sock.getsockname()[1]
+
+    def _bind(self) -> socket.socket:
+        # Restarting a port=0 server tries its previous port first, so URLs stay valid.
+        previous = self._port if self.settings.port == 0 else 0
+        sock = bind_socket(self.settings.host, self.settings.port, app_name=self.settings.app_name, previous=previous)
+        self._port = sock.getsockname()[1]
+        return sock
+
+    # -- state --
+
+    @property
+    def is_running(self) -> bool:
+        run = self._run
+        return self._running and run is not None and run.is_alive()
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """The app's errors since the last start, complete up to the response a client has just read."""
+        run = self._run
+        if run is not None:
+            run.settle()
+        return list(self.app_errors)
+
+    def settle(self) -> None:
+        run = self._run
+        if run is not None:
+            run.settle()
+
+    # -- start --
+
+    def start(self, cancelled: threading.Event | None = None) -> None:
+        """Bind (unless bound), start a run and wait until it is ready and healthy.
+
+        Raises `ServerStartupError` (nothing is left running), `ServerStateError` if a run
+        exists. `cancelled`, set from another thread (then `abandon` called), makes the
+        start give up promptly.
+        """
+        with self._lock:
+            if self._run is not None:
+                url = f"{self.settings.scheme}://{connect_host(self.settings.host)}:{self._port}"
+                state = f"already running at {url}" if self._running else "still stopping after an interrupted stop()"
+                raise ServerStateError(f"{self.describe()} is {state}; call stop() first.")
+            started_at = time.monotonic()
+            install_capture()
+            self.app_errors.clear()
+            cleanup = ExitStack()
+            try:
+                sock, self._sock = self._sock or self._bind(), None
+                cleanup.callback(sock.close)
+                cleanup.enter_context(log_level_lease(self.settings.level))
+                run = self._new_run(Launch(self.settings, sock, self._run_options(cleanup), self.log, self._app_error))
+            except BaseException:
+                cleanup.close()
+                raise
+            self._run, self._cleanup, self.last_run = run, cleanup, run
+            _live.add(self)
+            try:
+                self._bring_up(run, started_at, cancelled)
+            except BaseException as error:
+                try:
+                    self._finish(run)
+                except ServerShutdownError as stop_error:  # the start's own error says more; keep both
+                    error.add_note(f"Stopping it afterwards failed too: {stop_error}")
+                raise
+            self._running = True
+
+    def abandon(self) -> None:
+        """From another thread: make a start in progress give up (its `cancelled` event is set first)."""
+        run = self._run
+        if run is not None and not self._running:
+            run.ask_stop()
+
+    def _app_error(self, exc: BaseException) -> None:
+        self.app_errors.append(exc)
+        if self.on_app_error is not None:
+            self.on_app_error(exc)
+
+    def _run_options(self, cleanup: ExitStack) -> dict[str, Any]:
+        """uvicorn options for one run; what the run creates (TLS files, WSGI threads) is released by `cleanup`."""
+        settings = self.settings
+        options = dict(settings.served_options)
+        if isinstance(settings.served_app, WSGIAdapter | WSGIFactory):
+            cleanup.callback(settings.served_app.close, settings.shutdown_timeout)
+        if settings.tls is not None:
+            cleanup.callback(settings.tls.remove_files)
+            options.update(settings.tls.write_files())
+        return options
+
+    def _bring_up(self, run: Run, started_at: float, cancelled: threading.Event | None) -> None:
+        """Launch `run`, wait until it is ready, then until it is healthy; all within startup_timeout."""
+        settings = self.settings
+        deadline = started_at + settings.startup_timeout
+        try:
+            run.launch()
+            if cancelled is not None and cancelled.is_set():
+                run.ask_stop()
+            ready = run.wait_ready(max(0.0, deadline - time.monotonic()))
+        except StartupFailed as exc:
+            raise self._startup_error(f"failed to start: {exc.reason}", started_at, run, exc.reason) from exc.__cause__
+        if not ready:
+            raise self._startup_error(
+                f"was not ready within startup_timeout={settings.startup_timeout}s: lifespan startup or loading "
+                "the app did not finish. Look for a blocking call or an await that never returns in the app's "
+                "startup, or raise startup_timeout",
+                started_at,
+                run,
+            )
+        if settings.health_path is not None:
+            self._wait_healthy(run, settings.health_path, deadline, started_at)
+
+    def _wait_healthy(self, run: Run, path: str, deadline: float, started_at: float) -> None:
+        """Poll GET `path` with a short back-off until it answers 2xx, the run ends, or `deadline` passes."""
+        delay = 0.002
+        answered = ""  # the last answer, which says more than a last try that timed out
+        while True:
+            if not run.is_alive():
+                raise self._startup_error(f"stopped while waiting for {path} to answer 2xx", started_at, run)
+            status, last = self._probe(path, deadline)
+            if status is not None:
+                if 200 <= status < 300:
+                    return
+                answered = last
+            else:
+                last = f"{answered}; the last try raised {last}" if answered else f"the last try raised {last}"
+            if time.monotonic() + delay >= deadline:
+                raise self._startup_error(
+                    f"health check GET {path} did not answer 2xx within startup_timeout="
+                    f"{self.settings.startup_timeout}s ({last}). Check the route and what it depends on, or raise "
+                    "startup_timeout",
+                    started_at,
+                    run,
+                )
+            time.sleep(delay)
+            delay = min(delay * 2, 0.1)
+
+    def _probe(self, path: str, deadline: float) -> tuple[int | None, str]:
+        """GET `path` once, over TLS when the server serves HTTPS; the status and what it answered, or the error."""
+        host, timeout = connect_host(self.settings.host).strip("[]"), max(0.1, deadline - time.monotonic())
+        connection: http.client.HTTPConnection
+        if self.settings.scheme == "http":
+            connection = http.client.HTTPConnection(host, self._port, timeout=timeout)
+        else:
+            import ssl
+
+            # A user's own certificate is not verified here: this checks readiness, not trust.
+            tls = self.settings.tls
+            context = tls.client_context() if tls is not None else ssl._create_unverified_context()
+            connection = http.client.HTTPSConnection(host, self._port, timeout=timeout, context=context)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            response.read()
+            return response.status, f"it answered {response.status} {response.reason}"
+        except (OSError, http.client.HTTPException) as exc:
+            return None, repr(exc)
+        finally:
+            connection.close()
+
+    def _startup_error(self, what: str, started_at: float, run: Run, reason: str = "") -> ServerStartupError:
+        elapsed = time.monotonic() - started_at
+        error = ServerStartupError(
+            f"{self.describe()} {what} (after {elapsed:.3f}s).{run.diagnostics()}",
+            host=self.settings.host,
+            port=self._port,
+            app=self.settings.app_name,
+            elapsed=elapsed,
+            log_tail=self.log.tail(),
+        )
+        error.reason = reason or what
+        return error
+
+    # -- stop --
+
+    def stop(self) -> None:
+        """Stop the run (if any), release everything, then raise the app's errors if told to. Idempotent."""
+        with self._lock:
+            sock, self._sock = self._sock, None
+            if sock is not None:
+                sock.close()  # bound by bind() but never started
+            run = self._run
+            if run is None:
+                return
+            self._finish(run)
+        self.raise_app_errors()
+
+    def raise_app_errors(self) -> None:
+        if self.settings.raise_server_exceptions and self.app_errors:
+            raise ServerExceptionsError(
+                self.app_errors,
+                host=self.settings.host,
+                port=self._port,
+                app=self.settings.app_name,
+                log_tail=self.log.tail(),
+            ) from self.app_errors[0]
+
+    def _finish(self, run: Run) -> None:
+        """Ask, wait, force, kill, give up; then release. Interrupted before the end, the run stays tracked."""
+        settings = self.settings
+        started_at = time.monotonic()
+        run.ask_stop()
+        ended = run.wait_ended(settings.shutdown_timeout + STOP_MARGIN + run.stop_budget)
+        if not ended:
+            with capture_into(self.log):
+                harness_logger.warning(
+                    "The server did not stop within shutdown_timeout=%ss; forcing its exit.", settings.shutdown_timeout
+                )
+            run.force()
+            ended = run.wait_ended(FORCE_GRACE) or (run.kill() and run.wait_ended(FORCE_GRACE))
+        self._run, self._running = None, False
+        _live.discard(self)
+        cleanup, self._cleanup = self._cleanup, None
+        try:
+            if not ended:
+                elapsed = time.monotonic() - started_at
+                raise ServerShutdownError(
+                    f"{self.describe()} did not stop within {elapsed:.1f}s (shutdown_timeout="
+                    f"{settings.shutdown_timeout}s, then a forced exit). Something blocks its event loop: a "
+                    f"synchronous sleep or blocking I/O in an async handler or in lifespan shutdown. "
+                    f"{run.left_behind()}{run.diagnostics()}",
+                    host=settings.host,
+                    port=self._port,
+                    app=settings.app_name,
+                    elapsed=elapsed,
+                    log_tail=self.log.tail(),
+                )
+            problem = run.problem()
+            if problem is not None:
+                sentence, cause = problem
+                raise ServerShutdownError(
+                    f"{self.describe()} {sentence}{run.diagnostics()}",
+                    host=settings.host,
+                    port=self._port,
+                    app=settings.app_name,
+                    elapsed=time.monotonic() - started_at,
+                    log_tail=self.log.tail(),
+                ) from cause
+        finally:
+            run.release()
+            if cleanup is not None:
+                cleanup.close()
+
+
+# Servers still running (or bound) at interpreter exit are stopped, so their threads and children end.
+_live: weakref.WeakSet[ServerCore] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for core in list(_live):
+        with contextlib.suppress(Exception):  # nothing is left to report to at exit
+            core.stop()
+
+
+def bind_socket(host: str, port: int, *, app_name: str, previous: int = 0) -> socket.socket:
+    """Bind and listen on `host`:`port` (0 picks a free port); raise `ServerStartupError` if that fails.
+
+    With ``port=0`` and a `previous` port, that port is tried first and a fresh one
+    taken if it is gone.
+    """
+    ports = [previous, 0] if port == 0 and previous != 0 else [port]
+    for candidate in ports:
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                host or None, candidate, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+        except socket.gaierror as exc:
+            raise ServerStartupError(
+                f"cannot resolve host {host!r} for {app_name}: {exc}. Use an IP address such as 127.0.0.1.",
+                host=host,
+                port=candidate,
+                app=app_name,
+            ) from exc
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(2048)  # listen at once: clients that connect early queue instead of failing
+        except OSError as exc:
+            sock.close()
+            if candidate != port:
+                continue  # the previous port is gone; take a fresh one
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUseError(
+                    f"cannot serve {app_name} on {host}:{candidate}: the port is already in use. "
+                    "Pass port=0 to get a free port, or stop whatever listens there.",
+                    host=host,
+                    port=candidate,
+                    app=app_name,
+                    elapsed=0.0,
+                ) from exc
+            raise ServerStartupError(
+                f"cannot bind {host}:{candidate} for {app_name}: {exc}.",
+                host=host,
+                port=candidate,
+                app=app_name,
+                elapsed=0.0,
+            ) from exc
+        return sock
+    raise AssertionError("unreachable: the last candidate port is the requested one")
+
+
+# -- what the asyncio-based runs share ----------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Serving:
+    """uvicorn serving a socket as the main task of an event loop, driven from other threads.
+
+    `ready` carries "ready" or `StartupFailed` across threads; a stop or force asked
+    before the task exists is not lost (`main` refuses to serve).
+    """
+
+    server: HarnessServer
+    sock: socket.socket
+    log: ServerLog
+    ready: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
+    loop: asyncio.AbstractEventLoop | None = None
+    task: asyncio.Task[Any] | None = None
+    thread_id: int | None = None
+    cancelled: bool = False
+
+    async def main(self) -> None:
+        """The task's body: serve until asked to stop. Reports a start that failed through `ready`."""
+        self.loop, self.task, self.thread_id = asyncio.get_running_loop(), asyncio.current_task(), threading.get_ident()
+        if self.cancelled:  # the start was abandoned before this loop ran
+            self.ready.set_exception(StartupFailed("the start was abandoned before the server's loop ran"))
+            return
+        with capture_into(self.log):
+            await self.server.serve_on(self.sock, self.ready)
+
+    def ask_stop(self) -> None:
+        self.server.should_exit = True
+        if not self.server.started:
+            self.cancel()  # still starting (a startup that hangs): abort it
+
+    def force(self) -> None:
+        self.server.force_exit = True
+        self.cancel()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        loop, task = self.loop, self.task
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(task.cancel)
+
+    def settle(self, timeout: float = 1.0) -> None:
+        """Wait (up to `timeout`) until the loop finishes the step it is in; never from the loop's own thread."""
+        loop = self.loop
+        if loop is None or self.thread_id == threading.get_ident() or not loop.is_running():
+            return
+        done = threading.Event()
+        try:
+            loop.call_soon_threadsafe(done.set)
+        except RuntimeError:  # the loop has just closed: nothing is left to finish
+            return
+        done.wait(timeout)
+
+    @property
+    def started(self) -> bool:
+        """True once the start succeeded (whatever happened after)."""
+        return self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
+
+
+# -- the accessors every face shares ------------------------------------------------------------
+
+
+class LiveServer:
+    """Where a server listens and what it recorded: the accessors `UvicornTestServer` and `AsyncTestServer` share."""
+
+    _core: ServerCore
+
+    @property
+    def app(self) -> Any:
+        """The app as given (an import string or an app object)."""
+        return self._core.settings.app
+
+    @property
+    def mode(self) -> str:
+        """Where uvicorn runs: ``"thread"``, ``"loop"`` or ``"process"``."""
+        return self._core.settings.mode
+
+    @property
+    def host(self) -> str:
+        """The host the server binds."""
+        return self._core.settings.host
+
+    @property
+    def health_path(self) -> str | None:
+        """The path that must answer 2xx before `start()` returns, or None."""
+        return self._core.settings.health_path
+
+    @property
+    def startup_timeout(self) -> float:
+        """Seconds a start may take before it fails with `ServerStartupError`."""
+        return self._core.settings.startup_timeout
+
+    @property
+    def shutdown_timeout(self) -> float:
+        """Seconds in-flight requests get to finish at `stop()` before they are cut."""
+        return self._core.settings.shutdown_timeout
+
+    @property
+    def raise_server_exceptions(self) -> bool:
+        """Whether `stop()` raises `ServerExceptionsError` for the app's unhandled exceptions."""
+        return self._core.settings.raise_server_exceptions
+
+    @property
+    def log_level(self) -> str:
+        """The least severe level of the server's records that are kept and passed on."""
+        return self._core.settings.log_level
+
+    @property
+    def uvicorn_options(self) -> dict[str, Any]:
+        """The extra `uvicorn.Config` options, as given (a copy)."""
+        return dict(self._core.settings.uvicorn_options)
+
+    @property
+    def port(self) -> int:
+        """The port it listens on. Raises `ServerStateError` while it is 0: call `bind()` or `start()` first."""
+        return self._core.port
+
+    def bind(self) -> int:
+        """Bind the listening socket now and return its port, so URLs can be built before `start()`.
+
+        Race-free: the socket stays bound, and listening, until `stop()`; clients that
+        connect before `start()` queue and are served once it has started. Idempotent;
+        `start()` binds by itself when this was not called.
+        """
+        return self._core.bind()
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port`` (``https://`` with TLS), for any HTTP client."""
+        return f"{self._core.settings.scheme}://{connect_host(self.host)}:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """``ws://host:port`` (``wss://`` with TLS), for WebSocket clients."""
+        scheme = "wss" if self._core.settings.scheme == "https" else "ws"
+        return f"{scheme}://{connect_host(self.host)}:{self.port}"
+
+    def url(self, path: str = "/") -> str:
+        """The absolute HTTP URL of `path` (a leading ``/`` is added if missing)."""
+        return self.base_url + (path if path.startswith("/") else "/" + path)
+
+    @property
+    def ssl_context(self) -> ssl_module.SSLContext:
+        """With ``ssl=True``: a client `ssl.SSLContext` that trusts the server's throw-away CA.
+
+        Verification and hostname checks stay on. Available before `start()` and the
+        same object across restarts (the CA lives as long as the server object). Raises
+        `ServerStateError` without ``ssl=True``.
+        """
+        tls = self._core.settings.tls
+        if tls is None:
+            raise ServerStateError(f"{self!r} has no ssl_context: pass ssl=True to serve HTTPS with a throw-away CA.")
+        return tls.client_context()
+
+    @property
+    def ca_path(self) -> Path:
+        """With ``ssl=True``: the CA certificate file (PEM) while the server runs, for ``verify=`` and the like.
+
+        The file is removed by `stop()`. Raises `ServerStateError` without ``ssl=True``
+        or when the server is not running.
+        """
+        tls = self._core.settings.tls
+        path = tls.ca_path if tls is not None else None
+        if path is None:
+            state = "is not running; start() writes the CA file" if tls else "does not use ssl=True"
+            raise ServerStateError(f"{self!r} has no ca_path: it {state}.")
+        return path
+
+    @property
+    def is_running(self) -> bool:
+        """True between a successful `start()` and `stop()` while the server serves."""
+        return self._core.is_running
+
+    @property
+    def errors(self) -> list[BaseException]:
+        """Unhandled exceptions the app raised while serving, since the last start.
+
+        Complete up to the response a client has just read: reading it waits (briefly)
+        until the server has finished the step it was in. In process mode they are
+        `ChildAppError`s, the traceback carried as text.
+        """
+        return self._core.errors
+
+    @property
+    def log(self) -> ServerLog:
+        """The log records this server emitted (see `ServerLog`)."""
+        return self._core.log
+
+    def settle(self) -> None:
+        """Wait (at most 1 s) until the server has finished the step it was in when a client got its answer.
+
+        An app error and its log lines are recorded just after the response is sent;
+        after `settle()` they are in `errors` and `log` (reading `errors` settles by
+        itself). Blocks; returns at once when the server is not running or when called
+        from the server's own event loop.
+        """
+        self._core.settle()
+
+    @property
+    def pid(self) -> int | None:
+        """The id of the process serving the app: the test's own in thread and loop mode, the child's in
+        process mode (the current or last one; None before the first start)."""
+        run = self._core.last_run
+        if run is None:
+            return None if self.mode == "process" else os.getpid()
+        return run.pid
+
+    @property
+    def output(self) -> str:
+        """Process mode: the child's stdout and stderr since the last start (merged, the last 2000 lines).
+
+        Raises `ServerStateError` in thread and loop mode, where the app writes to the
+        test process's own streams (which pytest captures).
+        """
+        return self._process_run("output").output
+
+    @property
+    def returncode(self) -> int | None:
+        """Process mode: the exit code of the last child once it has ended (negative: killed by that signal).
+
+        None while it runs or before the first start; raises `ServerStateError` in
+        thread and loop mode.
+        """
+        return self._process_run("returncode").returncode
+
+    def _process_run(self, name: str) -> Run | _NoRun:
+        if self.mode != "process":
+            raise ServerStateError(
+                f"{self!r} has no {name}: the app runs in the test's own process in mode={self.mode!r}."
+            )
+        return self._core.last_run or _NoRun()
+
+    def __repr__(self) -> str:
+        state = "running" if self.is_running else "stopped"
+        pid = f" pid={self.pid}" if self.mode == "process" else ""
+        where = f"{self._core.settings.app_name} {self._core.where()}{pid}"
+        return f"<{type(self).__name__} mode={self.mode} app={where} {state}>"
+
+
+class _NoRun:
+    """What `output` and `returncode` read before the first start."""
+
+    output = ""
+    returncode = None
+
+
+@contextlib.contextmanager
+def errors_noted_on(body_error: BaseException | None) -> Iterator[None]:
+    """Around the stop that ends a ``with`` block: if the block failed, its failure stays the error,
+    and the app's errors (`ServerExceptionsError`) are added to it as a note."""
+    if body_error is None:
+        yield
+        return
+    try:
+        yield
+    except ServerExceptionsError as server_error:
+        body_error.add_note(str(server_error))

@@ -1,0 +1,314 @@
+"""`ServerSettings`: one validated description of a server, built once, at construction.
+
+Every face (`UvicornTestServer`, `AsyncTestServer`, the pytest plugin) builds its
+settings here, so the defaults are one set and every option is checked the same way:
+a wrong name or type raises `TypeError`, a wrong value `ValueError`, each naming the
+option and what it accepts, before anything starts. The app is prepared as it will be
+served (a WSGI app wrapped for a2wsgi, a throw-away CA made for ``ssl=True``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
+
+import uvicorn
+
+from uvicorn_testserver._tls import ServerTLS, server_tls
+from uvicorn_testserver._wsgi import serve_app
+
+__all__ = [
+    "DEFAULTS",
+    "LEVELS",
+    "MODES",
+    "AppType",
+    "LogLevel",
+    "Mode",
+    "ServerSettings",
+    "check_options",
+    "check_uvicorn_options",
+    "connect_host",
+    "describe_app",
+]
+
+AppType = Callable[..., Any] | str
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+"""The `log_level` names a server accepts, most to least severe, as uvicorn spells them."""
+LEVELS: dict[str, int] = {
+    "critical": logging.CRITICAL,
+    "error": logging.ERROR,
+    "warning": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "trace": 5,
+}
+
+Mode = Literal["thread", "loop", "process"]
+"""Where uvicorn runs: a daemon thread with its own loop, the caller's running loop, or a child process."""
+MODES: tuple[str, ...] = get_args(Mode)
+
+#: The defaults of every face. startup_timeout is a deadline for failures only (a passing start never
+#: waits it out), long enough for a child interpreter to import the app on a busy CI machine.
+DEFAULTS: dict[str, Any] = {
+    "host": "127.0.0.1",
+    "port": 0,
+    "ssl": False,
+    "health_path": None,
+    "startup_timeout": 30.0,
+    "shutdown_timeout": 5.0,
+    "raise_server_exceptions": True,
+    "log_level": "warning",
+}
+
+#: uvicorn.Config options that make no sense for a test server, and why.
+REJECTED_OPTIONS: dict[str, str] = {
+    "workers": "a test server runs in one thread; use several servers instead",
+    "reload": "the test process owns the code; restart the server instead",
+    "reload_dirs": "reload is not supported",
+    "reload_includes": "reload is not supported",
+    "reload_excludes": "reload is not supported",
+    "reload_delay": "reload is not supported",
+    "uds": "the harness binds a TCP socket itself",
+    "fd": "the harness binds a TCP socket itself",
+    "log_config": "the harness never reconfigures logging; read server.log or use caplog",
+    "timeout_graceful_shutdown": "use shutdown_timeout",
+    "app": "pass the app as the first argument",
+    "host": "pass host as an argument of the server",
+    "port": "pass port as an argument of the server",
+    "log_level": "pass log_level as an argument of the server",
+}
+
+_CONFIG_PARAMETERS = frozenset(inspect.signature(uvicorn.Config.__init__).parameters) - {"self"}
+
+
+def check_uvicorn_options(options: Mapping[str, Any]) -> None:
+    """Raise `TypeError` for an option uvicorn does not know or the harness cannot honour."""
+    for name in options:
+        if name in REJECTED_OPTIONS:
+            raise TypeError(f"uvicorn-testserver does not accept {name!r}: {REJECTED_OPTIONS[name]}.")
+        if name not in _CONFIG_PARAMETERS:
+            known = ", ".join(sorted(_CONFIG_PARAMETERS - REJECTED_OPTIONS.keys()))
+            raise TypeError(
+                f"{name!r} is not an option of uvicorn.Config {uvicorn.__version__}; known options: {known}."
+            )
+
+
+def describe_app(app: AppType) -> str:
+    """The app as error messages name it: the import string, or ``module.QualName``."""
+    if isinstance(app, str):
+        return repr(app)
+    name = getattr(app, "__qualname__", None) or type(app).__qualname__
+    return f"{getattr(app, '__module__', '?')}.{name}"
+
+
+def connect_host(host: str) -> str:
+    """The host a client connects to for a server bound to `host` (a wildcard becomes loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclass(frozen=True, eq=False)
+class ServerSettings:
+    """A server as it will be served, checked. Build it with `ServerSettings.build`."""
+
+    app: AppType
+    mode: Mode
+    host: str
+    port: int
+    tls: ServerTLS | None
+    health_path: str | None
+    startup_timeout: float
+    shutdown_timeout: float
+    raise_server_exceptions: bool
+    log_level: LogLevel
+    uvicorn_options: dict[str, Any]
+    served_app: Any
+    served_options: dict[str, Any]
+    env: dict[str, str] | None
+    cwd: str | os.PathLike[str] | None
+
+    @classmethod
+    def build(
+        cls,
+        app: AppType,
+        *,
+        mode: Mode,
+        host: str,
+        port: int,
+        ssl: bool,
+        health_path: str | None,
+        startup_timeout: float,
+        shutdown_timeout: float,
+        raise_server_exceptions: bool,
+        log_level: LogLevel,
+        uvicorn_options: Mapping[str, Any],
+        env: Mapping[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+    ) -> ServerSettings:
+        """Check every option; raise `TypeError` / `ValueError` naming the option and what it accepts."""
+        if not isinstance(app, str) and not callable(app):
+            raise TypeError(
+                f"app must be an ASGI application or an import string like 'package.module:app', "
+                f"not {type(app).__name__}."
+            )
+        options = dict(uvicorn_options)
+        _check_values(
+            mode=mode,
+            host=host,
+            port=port,
+            ssl=ssl,
+            health_path=health_path,
+            startup_timeout=startup_timeout,
+            shutdown_timeout=shutdown_timeout,
+            raise_server_exceptions=raise_server_exceptions,
+            log_level=log_level,
+            options=options,
+            env=env,
+            cwd=cwd,
+        )
+        _check_app_for_mode(mode, app)
+        tls = server_tls(ssl, options, host)
+        # A process-mode child imports the app and wraps a WSGI app itself.
+        served_app, served_options = (app, options) if mode == "process" else serve_app(app, options)
+        return cls(
+            app=app,
+            mode=mode,
+            host=host,
+            port=port,
+            tls=tls,
+            health_path=health_path,
+            startup_timeout=startup_timeout,
+            shutdown_timeout=shutdown_timeout,
+            raise_server_exceptions=raise_server_exceptions,
+            log_level=log_level,
+            uvicorn_options=options,
+            served_app=served_app,
+            served_options=served_options,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+        )
+
+    @property
+    def app_name(self) -> str:
+        """The app as messages name it."""
+        return describe_app(self.app)
+
+    @property
+    def level(self) -> int:
+        """`log_level` as a `logging` level number."""
+        return LEVELS[self.log_level]
+
+    @property
+    def scheme(self) -> Literal["http", "https"]:
+        """``https`` with ``ssl=True`` or the user's own certificate, else ``http``."""
+        return "https" if self.tls is not None or self.uvicorn_options.get("ssl_certfile") else "http"
+
+
+def check_options(options: Mapping[str, Any]) -> None:
+    """Check options as the faces take them (the harness's and uvicorn's, by name), before there is an app.
+
+    Raises `TypeError` / `ValueError` as `ServerSettings.build` would; used by the pytest
+    plugin to report ini and marker options as usage errors.
+    """
+    harness = {name: options.get(name, default) for name, default in DEFAULTS.items()}
+    extra = {name: value for name, value in options.items() if name not in DEFAULTS and name not in _FACE_ONLY}
+    _check_values(
+        mode=options.get("mode", "thread"),
+        options=extra,
+        env=options.get("env"),
+        cwd=options.get("cwd"),
+        **harness,
+    )
+
+
+#: Options of a face that are neither settings nor uvicorn's.
+_FACE_ONLY = frozenset({"mode", "env", "cwd"})
+
+
+def _check_values(
+    *,
+    mode: Any,
+    host: Any,
+    port: Any,
+    ssl: Any,
+    health_path: Any,
+    startup_timeout: Any,
+    shutdown_timeout: Any,
+    raise_server_exceptions: Any,
+    log_level: Any,
+    options: dict[str, Any],
+    env: Any,
+    cwd: Any,
+) -> None:
+    _one_of("mode", mode, MODES)
+    _of_type("host", host, str, "a string such as '127.0.0.1'")
+    _of_type("port", port, int, "an integer from 0 to 65535 (0 picks a free port)")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be from 0 to 65535 (0 picks a free port), not {port!r}.")
+    _of_type("ssl", ssl, bool, "True or False")
+    if health_path is not None:
+        _of_type("health_path", health_path, str, "a path such as '/health', or None")
+        if not health_path.startswith("/"):
+            raise ValueError(f"health_path must start with '/', like '/health', not {health_path!r}.")
+    for name, value in (("startup_timeout", startup_timeout), ("shutdown_timeout", shutdown_timeout)):
+        _of_type(name, value, (int, float), "a positive number of seconds")
+        if not (value > 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a positive number of seconds, not {value!r}.")
+    _of_type("raise_server_exceptions", raise_server_exceptions, bool, "True or False")
+    _one_of("log_level", log_level, tuple(LEVELS))
+    check_uvicorn_options(options)
+    _check_mode(mode, options, env, cwd)
+
+
+def _of_type(name: str, value: object, kind: type | tuple[type, ...], accepted: str) -> None:
+    if isinstance(value, bool) and kind is not bool:  # True is an int, but never a port or a timeout
+        kind = ()
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} must be {accepted}, not {type(value).__name__} {value!r}.")
+
+
+def _one_of(name: str, value: object, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ValueError(f"{name} must be one of {', '.join(accepted)}, not {value!r}.")
+
+
+def _check_mode(mode: Mode, options: dict[str, Any], env: object, cwd: object) -> None:
+    """Refuse what the chosen mode cannot do, rather than serve something else."""
+    if mode != "process":
+        misplaced = [name for name, value in (("env", env), ("cwd", cwd)) if value is not None]
+        if misplaced:
+            raise TypeError(
+                f"{' and '.join(misplaced)} apply to mode='process' only: mode={mode!r} shares the test's process."
+            )
+    if mode == "loop" and "loop" in options:
+        raise TypeError("loop= picks the event loop of the server thread; with mode='loop' the server runs on yours.")
+    if mode != "process":
+        return
+    if env is not None and not (
+        isinstance(env, Mapping) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+    ):
+        raise TypeError(f"env must be a mapping of str to str, not {env!r}.")
+    for name, value in options.items():
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise TypeError(
+                f"mode='process' sends uvicorn options to the child process as JSON, and {name}={value!r} "
+                "is not JSON-serialisable; pass an import string or a plain value instead."
+            ) from None
+
+
+def _check_app_for_mode(mode: Mode, app: AppType) -> None:
+    if mode == "process" and not isinstance(app, str):
+        raise TypeError(
+            f"mode='process' imports the app in a child process, so it needs an import string such as "
+            f"'package.module:app', not the object {type(app).__name__} {app!r}. Move the app into an "
+            "importable module, or use mode='thread' for app objects."
+        )

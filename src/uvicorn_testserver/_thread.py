@@ -1,0 +1,103 @@
+"""``mode="thread"``: uvicorn on its own event loop in a daemon thread of the test process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+
+from uvicorn_testserver._lifecycle import Launch, Serving, StartupFailed
+from uvicorn_testserver._logs import capture_into
+from uvicorn_testserver._uvicorn import HarnessServer, loop_factory, make_config
+
+__all__ = ["ThreadRun"]
+
+
+class ThreadRun:
+    """One run in a daemon thread that owns its event loop; a forced exit cancels the serving task."""
+
+    stop_budget = 0.0
+
+    def __init__(self, launch: Launch) -> None:
+        with capture_into(launch.log):
+            config = make_config(
+                launch.settings.served_app, shutdown_timeout=launch.settings.shutdown_timeout, options=launch.options
+            )
+        self._serving = Serving(HarnessServer(config, on_app_error=launch.on_app_error), launch.sock, launch.log)
+        self._crash: BaseException | None = None
+        self._forced = False
+        name = f"uvicorn-testserver {launch.settings.host}:{launch.sock.getsockname()[1]}"
+        self._thread = threading.Thread(target=self.serve, name=name, daemon=True)
+
+    def serve(self) -> None:
+        """Run the event loop and serve on the calling thread until the server ends (what the thread runs)."""
+        serving = self._serving
+        with capture_into(serving.log):
+            try:
+                factory = loop_factory(serving.server.config)
+                with asyncio.Runner(loop_factory=factory) as runner:
+                    runner.run(serving.main())
+            except StartupFailed as exc:  # the event loop could not be created
+                serving.ready.set_exception(exc)
+            except BaseException as exc:  # noqa: BLE001 - reported by start() or stop(), never lost
+                self._crash = exc
+            finally:
+                if not serving.ready.done():
+                    failure = StartupFailed(f"the server thread ended before the server was ready: {self._crash!r}")
+                    failure.__cause__ = self._crash
+                    serving.ready.set_exception(failure)
+
+    def launch(self) -> None:
+        self._thread.start()
+
+    def wait_ready(self, timeout: float) -> bool:
+        try:
+            self._serving.ready.result(timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def ask_stop(self) -> None:
+        self._serving.ask_stop()
+
+    def wait_ended(self, timeout: float) -> bool:
+        if self._thread.ident is None:
+            return True  # never launched
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def force(self) -> None:
+        self._forced = True
+        self._serving.force()
+
+    def kill(self) -> bool:
+        return False  # a thread cannot be killed
+
+    def settle(self) -> None:
+        self._serving.settle()
+
+    def problem(self) -> tuple[str, BaseException | None] | None:
+        crash = self._crash
+        # A forced exit cancels the serving task: that CancelledError is the harness's, not a crash.
+        if crash is None or not self._serving.started or (self._forced and isinstance(crash, asyncio.CancelledError)):
+            return None
+        return f"crashed while serving: its event loop ended with {crash!r}.", crash
+
+    def left_behind(self) -> str:
+        return "The daemon thread is left behind."
+
+    def release(self) -> None:
+        pass
+
+    def diagnostics(self) -> str:
+        return ""
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
+
+    returncode = None
+    output = ""
