@@ -9,11 +9,14 @@ that list and these checks in step.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import importlib.metadata
 import inspect
 import logging
 import re
 import socket
+import statistics
+import time
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import uvicorn
 import uvicorn.config
 import uvicorn.importer
 from websockets.asyncio.client import connect
 
 import apps
-from uvicorn_testserver import _uvicorn
+from uvicorn_testserver import ServerStartupError, UvicornTestServer, _uvicorn
 
 UVICORN = importlib.metadata.version("uvicorn")
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
@@ -315,3 +319,43 @@ def test_installed_uvicorn_is_inside_the_pinned_range() -> None:
     assert version_tuple(low) <= version_tuple(UVICORN) < version_tuple(high), (
         f"uvicorn {UVICORN} is outside the range the harness is tested with ({pin})"
     )
+
+
+# -- what the harness's uvicorn subclass does with this release: the behaviour, not only the names ---------
+
+
+def test_behaviour_a_stop_wakes_the_server_at_once_not_on_uvicorns_tick() -> None:
+    """`main_loop` wakes when `should_exit` is set; uvicorn itself looks only every 0.1 s."""
+    durations = []
+    for _ in range(9):
+        server = UvicornTestServer(apps.hello_app).start()
+        started = time.perf_counter()
+        server.stop()
+        durations.append(time.perf_counter() - started)
+    assert statistics.median(durations) < 0.05, durations  # a generous guard: half of uvicorn's tick
+
+
+def test_behaviour_a_request_in_flight_is_drained_before_the_stop_returns() -> None:
+    flags = apps.Flags()
+    server = UvicornTestServer(apps.slow_app(flags, seconds=0.3)).start()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        response = pool.submit(requests.get, server.url("/slow"), timeout=30)
+        assert flags.entered.wait(30)
+        server.stop()
+        assert flags.finished.is_set()  # the handler ran to its end before stop() returned
+        assert response.result().status_code == 200
+
+
+def test_behaviour_lifespan_shutdown_runs_at_stop() -> None:
+    flags = apps.Flags()
+    server = UvicornTestServer(apps.lifespan_app(flags), lifespan="on").start()
+    assert flags.started.is_set()
+    assert not flags.stopped.is_set()
+    server.stop()
+    assert flags.stopped.is_set()
+
+
+def test_behaviour_a_failed_startup_is_an_error_with_the_apps_exception_not_sys_exit() -> None:
+    with pytest.raises(ServerStartupError, match=r"lifespan startup raised RuntimeError") as info:
+        UvicornTestServer(apps.lifespan_fails_app).start()
+    assert isinstance(info.value.__cause__, RuntimeError)

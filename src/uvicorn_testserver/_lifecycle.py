@@ -397,6 +397,7 @@ class ServerCore:
         """Ask, wait, force, kill, give up; then release. Interrupted before the end, the run stays tracked."""
         settings = self.settings
         started_at = time.monotonic()
+        self._running = False  # stopping: no longer running, but tracked until it has ended
         run.ask_stop()
         ended = run.wait_ended(settings.shutdown_timeout + STOP_MARGIN + run.stop_budget)
         if not ended:
@@ -406,7 +407,7 @@ class ServerCore:
                 )
             run.force()
             ended = run.wait_ended(FORCE_GRACE) or (run.kill() and run.wait_ended(FORCE_GRACE))
-        self._run, self._running = None, False
+        self._run = None
         _live.discard(self)
         cleanup, self._cleanup = self._cleanup, None
         try:

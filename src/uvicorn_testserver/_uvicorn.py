@@ -65,6 +65,10 @@ def make_config(app: Any, *, shutdown_timeout: float, options: dict[str, Any]) -
     )
 
 
+# Loop iterations asyncio takes from accepting a socket to its protocol's `connection_made` (two, and one to spare).
+_ACCEPT_ITERATIONS = 3
+
+
 class _Ready(Protocol):
     """Where `HarnessServer.serve_on` reports readiness: a concurrent or an asyncio future."""
 
@@ -201,10 +205,37 @@ class HarnessServer(uvicorn.Server):
             await self.main_loop()
             await self.shutdown(sockets=[sock])
         finally:
+            with contextlib.suppress(asyncio.CancelledError):  # a forced exit: close and abort what is known
+                await self._stop_listening()
+            self._close_listeners()
             self._abort_connections()
 
+    async def _stop_listening(self) -> None:
+        """Stop accepting, let the connections accepted just before reach uvicorn, then close the listeners.
+
+        asyncio hands an accepted socket to its protocol a loop iteration or two later.
+        Closing the `asyncio.Server` in between makes that hand-over fail (on Python 3.11
+        an assertion that asyncio swallows), and the socket is never closed: its client
+        waits for an answer that never comes. So accepting stops first, and the server
+        closes once nothing is on its way in.
+        """
+        loop = asyncio.get_running_loop()
+        for server in getattr(self, "servers", []):
+            for listener in server.sockets:
+                if listener.fileno() != -1:
+                    loop.remove_reader(listener.fileno())
+        for _ in range(_ACCEPT_ITERATIONS):
+            await asyncio.sleep(0)
+        self._close_listeners()
+
+    def _close_listeners(self) -> None:
+        for server in getattr(self, "servers", []):
+            # After a stop that gave up on this thread, the harness has closed the socket already.
+            with contextlib.suppress(ValueError, OSError):
+                server.close()
+
     def _abort_connections(self) -> None:
-        """Close the listeners and drop every connection still open, so no socket outlives the loop.
+        """Drop every connection still open, so no socket outlives the loop.
 
         A forced exit skips the graceful close, and a client that never answers a
         WebSocket close handshake keeps its connection past the shutdown timeout.
@@ -213,10 +244,6 @@ class HarnessServer(uvicorn.Server):
             transport = getattr(connection, "transport", None)
             if transport is not None:
                 transport.abort()
-        for server in getattr(self, "servers", []):
-            # After a stop that gave up on this thread, the harness has closed the socket already.
-            with contextlib.suppress(ValueError, OSError):
-                server.close()
 
     async def main_loop(self) -> None:
         assert self._exit_event is not None
@@ -231,8 +258,7 @@ class HarnessServer(uvicorn.Server):
                 pass
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        for server in self.servers:
-            server.close()
+        await self._stop_listening()
         for connection in list(self.server_state.connections):
             transport = getattr(connection, "transport", None)
             if transport is not None and transport.is_closing():

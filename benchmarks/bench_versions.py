@@ -1,0 +1,156 @@
+"""Start+stop cycle per mode: this checkout against another git revision, interleaved round by round.
+
+    uv run python benchmarks/bench_versions.py --against HEAD~3          # ~1 minute
+    uv run python benchmarks/bench_versions.py --against main --quick    # a smoke run
+
+Both versions run in worker processes of the same interpreter and environment (the
+other revision's ``src/`` first on ``sys.path``), each asked in turn for a batch of
+cycles of one mode, the order swapped every round so a trend in machine load favours
+neither. A cycle is what a test pays: construct, start, stop (no request). Reported
+per mode: each version's median of the per-round medians, and the median of the
+per-round ratios this / other (below 1: this checkout is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from _common import print_table, write_json
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+APP = "bench_versions_app:app"
+BATCH = {"thread": 40, "loop": 40, "process": 2}
+
+
+def worker() -> None:
+    """Read ``MODE COUNT`` lines; answer each with the JSON list of cycle durations in seconds."""
+    from uvicorn_testserver import AsyncTestServer, UvicornTestServer
+
+    loop = asyncio.new_event_loop()
+
+    def sync_cycle(mode: str) -> Callable[[], None]:
+        return lambda: UvicornTestServer(APP, mode=mode).start().stop()  # type: ignore[arg-type]
+
+    async def loop_cycles(count: int) -> list[float]:
+        durations = []
+        for _ in range(count):
+            started = time.perf_counter()
+            async with AsyncTestServer(APP, mode="loop"):
+                pass
+            durations.append(time.perf_counter() - started)
+        return durations
+
+    for line in sys.stdin:
+        mode, count = line.split()
+        if mode == "loop":
+            durations = loop.run_until_complete(loop_cycles(int(count)))
+        else:
+            cycle = sync_cycle(mode)
+            durations = []
+            for _ in range(int(count)):
+                started = time.perf_counter()
+                cycle()
+                durations.append(time.perf_counter() - started)
+        print(json.dumps(durations), flush=True)
+
+
+class Worker:
+    def __init__(self, src: Path) -> None:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(HERE)])}
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+        )
+
+    def cycles(self, mode: str, count: int) -> list[float]:
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None
+        assert stdout is not None
+        stdin.write(f"{mode} {count}\n")
+        stdin.flush()
+        durations: list[float] = json.loads(stdout.readline())
+        return durations
+
+    def close(self) -> None:
+        stdin: IO[str] | None = self.process.stdin
+        if stdin is not None:
+            stdin.close()
+        self.process.wait(60)
+
+
+def export_src(revision: str, into: Path) -> Path:
+    """The other revision's ``src/``, exported with git (no checkout is touched)."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", revision, "src"], check=True, capture_output=True
+    ).stdout
+    tar_path = into / "src.tar"
+    tar_path.write_bytes(archive)
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(into, filter="data")
+    return into / "src"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--against", default="HEAD", help="the git revision to compare with (default HEAD)")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="3 rounds, for a smoke run")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker()
+        return
+    rounds = 3 if args.quick else args.rounds
+    with tempfile.TemporaryDirectory() as tmp:
+        other_src = export_src(args.against, Path(tmp))
+        this, other = Worker(ROOT / "src"), Worker(other_src)
+        try:
+            medians: dict[str, dict[str, list[float]]] = {mode: {"this": [], "other": []} for mode in BATCH}
+            for mode in BATCH:  # warm imports, thread pools and the child's page cache
+                this.cycles(mode, 1)
+                other.cycles(mode, 1)
+            for round_number in range(rounds):
+                for mode, count in BATCH.items():
+                    order = [("this", this), ("other", other)]
+                    for name, version in order if round_number % 2 == 0 else reversed(order):
+                        medians[mode][name].append(statistics.median(version.cycles(mode, count)))
+        finally:
+            this.close()
+            other.close()
+    rows: list[list[Any]] = []
+    for mode, by_version in medians.items():
+        ratios = [a / b for a, b in zip(by_version["this"], by_version["other"], strict=True)]
+        rows.append(
+            [
+                mode,
+                rounds,
+                statistics.median(by_version["this"]) * 1000,
+                statistics.median(by_version["other"]) * 1000,
+                statistics.median(ratios),
+                min(ratios),
+                max(ratios),
+            ]
+        )
+    print_table(
+        f"Start+stop cycle, this checkout against {args.against} (medians of per-round medians; lower is better)",
+        ["mode", "rounds", "this ms", f"{args.against} ms", "ratio this/other", "min ratio", "max ratio"],
+        rows,
+    )
+    path = write_json("versions", {"against": args.against, "per_round_medians_s": medians})
+    print(f"\nJSON: {path}")
+
+
+if __name__ == "__main__":
+    main()
