@@ -192,7 +192,10 @@ class AsyncTestServer(LiveServer):
             self._loop = asyncio.get_running_loop()
         if self.is_running:
             raise ServerStateError(f"{self!r} is already running at {self.base_url}; call stop() first.")
-        await _bridge.start(self._core)
+        if self.mode == "loop":
+            await self._core.start_in_loop()
+        else:
+            await _bridge.start(self._core)
         if backend == "asyncio":
             self._client = AsyncTestClient(self.base_url, timeout=self.client_timeout, ssl=self._client_ssl())
         return self
@@ -212,7 +215,10 @@ class AsyncTestServer(LiveServer):
             if client is not None:
                 await client.close()
         finally:
-            await _bridge.stop(self._core)
+            if self.mode == "loop":
+                await self._core.stop_in_loop()
+            else:
+                await _bridge.stop(self._core)
 
     async def __aenter__(self) -> Self:
         return await self.start()

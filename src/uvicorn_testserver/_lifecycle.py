@@ -25,11 +25,11 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from uvicorn_testserver._errors import (
     PortInUseError,
@@ -138,6 +138,48 @@ class Run(Protocol):
 RunFactory = Callable[[Launch], Run]
 
 
+class InLoopRun(Run, Protocol):
+    """A run on the caller's own event loop: its waits are awaited there, never blocking it."""
+
+    async def wait_ready_in_loop(self, timeout: float) -> bool: ...
+    async def wait_ended_in_loop(self, timeout: float) -> bool: ...
+
+
+# The waits of a start or stop. The steps that need them yield them; a driver performs them,
+# by blocking (`ServerCore._drive`) or by awaiting on the caller's loop (`ServerCore._drive_in_loop`).
+
+
+@dataclass(frozen=True)
+class WaitReady:
+    """Until the run is ready: True, False at `timeout`, or `StartupFailed`."""
+
+    timeout: float
+
+
+@dataclass(frozen=True)
+class WaitEnded:
+    """Until the run has ended: True, or False at `timeout`."""
+
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One health-check GET: (status or None, what happened)."""
+
+    path: str
+    deadline: float
+
+
+@dataclass(frozen=True)
+class Pause:
+    seconds: float
+
+
+Step = WaitReady | WaitEnded | Probe | Pause
+Steps = Generator[Step, Any, None]
+
+
 class ServerCore:
     """The lifecycle of one server. Thread-safe; `start` and `stop` block and are serialised.
 
@@ -226,43 +268,140 @@ class ServerCore:
         if run is not None:
             run.settle()
 
-    # -- start --
+    # -- start and stop: the steps, and the two ways of waiting on them --
 
     def start(self, cancelled: threading.Event | None = None) -> None:
-        """Bind (unless bound), start a run and wait until it is ready and healthy.
+        """Bind (unless bound), start a run and block until it is ready and healthy.
 
         Raises `ServerStartupError` (nothing is left running), `ServerStateError` if a run
         exists. `cancelled`, set from another thread (then `abandon` called), makes the
         start give up promptly.
         """
         with self._lock:
-            if self._run is not None:
-                url = f"{self.settings.scheme}://{connect_host(self.settings.host)}:{self._port}"
-                state = f"already running at {url}" if self._running else "still stopping after an interrupted stop()"
-                raise ServerStateError(f"{self.describe()} is {state}; call stop() first.")
-            started_at = time.monotonic()
-            install_capture()
-            self.app_errors.clear()
-            cleanup = ExitStack()
+            self._drive(self._start_steps(cancelled))
+
+    def stop(self) -> None:
+        """Stop the run (if any) and block until it has ended; release everything, then raise the app's
+        errors if told to. Idempotent. Interrupted (Ctrl-C), the run stays tracked for a later stop()."""
+        with self._lock:
+            self._drive(self._stop_steps())
+        self.raise_app_errors()
+
+    async def start_in_loop(self) -> None:
+        """`start`, awaiting instead of blocking: for a run on the caller's own event loop (loop mode).
+
+        A cancellation abandons the start and stops what it started before it propagates.
+        """
+        with self._held():
+            await self._drive_in_loop(self._start_steps(None), abandon_on_cancel=True)
+
+    async def stop_in_loop(self) -> None:
+        """`stop`, awaiting instead of blocking; a cancellation lets the stop finish, then propagates."""
+        with self._held():
+            await self._drive_in_loop(self._stop_steps(), abandon_on_cancel=False)
+        self.raise_app_errors()
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        # The event loop must not block on the lock: another thread starting or stopping is a misuse.
+        if not self._lock.acquire(blocking=False):
+            raise ServerStateError(f"{self.describe()} is being started or stopped from another thread.")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
+    def _drive(self, steps: Steps) -> None:
+        """Perform each step by blocking; an exception goes back into the steps, which decide."""
+        send: Callable[[Any], Step] = steps.send
+        value: Any = None
+        while True:
             try:
-                sock, self._sock = self._sock or self._bind(), None
-                cleanup.callback(sock.close)
-                cleanup.enter_context(log_level_lease(self.settings.level))
-                run = self._new_run(Launch(self.settings, sock, self._run_options(cleanup), self.log, self._app_error))
-            except BaseException:
-                cleanup.close()
-                raise
-            self._run, self._cleanup, self.last_run = run, cleanup, run
-            _live.add(self)
+                step = send(value)
+            except StopIteration:
+                return
             try:
-                self._bring_up(run, started_at, cancelled)
-            except BaseException as error:
+                send, value = steps.send, self._perform(step)
+            except BaseException as exc:  # noqa: BLE001 - handed to the steps (a failed wait, Ctrl-C)
+                send, value = steps.throw, exc
+
+    async def _drive_in_loop(self, steps: Steps, *, abandon_on_cancel: bool) -> None:
+        """Perform each step by awaiting. The first cancellation goes into the steps if `abandon_on_cancel`
+        (a start then stops what it started); any other waits for the step, and all are re-raised at the end."""
+        send: Callable[[Any], Step] = steps.send
+        value: Any = None
+        cancelled: BaseException | None = None
+        while True:
+            try:
+                step = send(value)
+            except StopIteration:
+                break
+            while True:
                 try:
-                    self._finish(run)
-                except ServerShutdownError as stop_error:  # the start's own error says more; keep both
-                    error.add_note(f"Stopping it afterwards failed too: {stop_error}")
-                raise
-            self._running = True
+                    send, value = steps.send, await self._perform_in_loop(step)
+                except asyncio.CancelledError as exc:
+                    if cancelled is None and abandon_on_cancel:
+                        cancelled = exc
+                        send, value = steps.throw, exc
+                    else:
+                        cancelled = cancelled or exc
+                        continue  # the same wait again: it has its own bound
+                except BaseException as exc:  # noqa: BLE001 - handed to the steps
+                    send, value = steps.throw, exc
+                break
+        if cancelled is not None:
+            raise cancelled
+
+    def _perform(self, step: Step) -> Any:
+        run = self._run
+        if isinstance(step, Probe):
+            return self._probe(step.path, step.deadline)
+        if isinstance(step, Pause):
+            time.sleep(step.seconds)
+            return None
+        assert run is not None
+        return run.wait_ready(step.timeout) if isinstance(step, WaitReady) else run.wait_ended(step.timeout)
+
+    async def _perform_in_loop(self, step: Step) -> Any:
+        run = self._run
+        if isinstance(step, Probe):
+            return await asyncio.to_thread(self._probe, step.path, step.deadline)
+        if isinstance(step, Pause):
+            await asyncio.sleep(step.seconds)
+            return None
+        in_loop = cast(InLoopRun, run)  # start_in_loop() is only called for runs on the caller's loop
+        if isinstance(step, WaitReady):
+            return await in_loop.wait_ready_in_loop(step.timeout)
+        return await in_loop.wait_ended_in_loop(step.timeout)
+
+    def _start_steps(self, cancelled: threading.Event | None) -> Steps:
+        if self._run is not None:
+            url = f"{self.settings.scheme}://{connect_host(self.settings.host)}:{self._port}"
+            state = f"already running at {url}" if self._running else "still stopping after an interrupted stop()"
+            raise ServerStateError(f"{self.describe()} is {state}; call stop() first.")
+        started_at = time.monotonic()
+        install_capture()
+        self.app_errors.clear()
+        cleanup = ExitStack()
+        try:
+            sock, self._sock = self._sock or self._bind(), None
+            cleanup.callback(sock.close)
+            cleanup.enter_context(log_level_lease(self.settings.level))
+            run = self._new_run(Launch(self.settings, sock, self._run_options(cleanup), self.log, self._app_error))
+        except BaseException:
+            cleanup.close()
+            raise
+        self._run, self._cleanup, self.last_run = run, cleanup, run
+        _live.add(self)
+        try:
+            yield from self._bring_up(run, started_at, cancelled)
+        except BaseException as error:
+            try:
+                yield from self._stop_steps()
+            except ServerShutdownError as stop_error:  # the start's own error says more; keep both
+                error.add_note(f"Stopping it afterwards failed too: {stop_error}")
+            raise
+        self._running = True
 
     def abandon(self) -> None:
         """From another thread: make a start in progress give up (its `cancelled` event is set first)."""
@@ -286,7 +425,7 @@ class ServerCore:
             options.update(settings.tls.write_files())
         return options
 
-    def _bring_up(self, run: Run, started_at: float, cancelled: threading.Event | None) -> None:
+    def _bring_up(self, run: Run, started_at: float, cancelled: threading.Event | None) -> Steps:
         """Launch `run`, wait until it is ready, then until it is healthy; all within startup_timeout."""
         settings = self.settings
         deadline = started_at + settings.startup_timeout
@@ -294,7 +433,7 @@ class ServerCore:
             run.launch()
             if cancelled is not None and cancelled.is_set():
                 run.ask_stop()
-            ready = run.wait_ready(max(0.0, deadline - time.monotonic()))
+            ready = yield WaitReady(max(0.0, deadline - time.monotonic()))
         except StartupFailed as exc:
             raise self._startup_error(f"failed to start: {exc.reason}", started_at, run, exc.reason) from exc.__cause__
         if not ready:
@@ -306,16 +445,16 @@ class ServerCore:
                 run,
             )
         if settings.health_path is not None:
-            self._wait_healthy(run, settings.health_path, deadline, started_at)
+            yield from self._wait_healthy(run, settings.health_path, deadline, started_at)
 
-    def _wait_healthy(self, run: Run, path: str, deadline: float, started_at: float) -> None:
+    def _wait_healthy(self, run: Run, path: str, deadline: float, started_at: float) -> Steps:
         """Poll GET `path` with a short back-off until it answers 2xx, the run ends, or `deadline` passes."""
         delay = 0.002
         answered = ""  # the last answer, which says more than a last try that timed out
         while True:
             if not run.is_alive():
                 raise self._startup_error(f"stopped while waiting for {path} to answer 2xx", started_at, run)
-            status, last = self._probe(path, deadline)
+            status, last = yield Probe(path, deadline)
             if status is not None:
                 if 200 <= status < 300:
                     return
@@ -330,7 +469,7 @@ class ServerCore:
                     started_at,
                     run,
                 )
-            time.sleep(delay)
+            yield Pause(delay)
             delay = min(delay * 2, 0.1)
 
     def _probe(self, path: str, deadline: float) -> tuple[int | None, str]:
@@ -369,20 +508,6 @@ class ServerCore:
         error.reason = reason or what
         return error
 
-    # -- stop --
-
-    def stop(self) -> None:
-        """Stop the run (if any), release everything, then raise the app's errors if told to. Idempotent."""
-        with self._lock:
-            sock, self._sock = self._sock, None
-            if sock is not None:
-                sock.close()  # bound by bind() but never started
-            run = self._run
-            if run is None:
-                return
-            self._finish(run)
-        self.raise_app_errors()
-
     def raise_app_errors(self) -> None:
         if self.settings.raise_server_exceptions and self.app_errors:
             raise ServerExceptionsError(
@@ -393,20 +518,28 @@ class ServerCore:
                 log_tail=self.log.tail(),
             ) from self.app_errors[0]
 
-    def _finish(self, run: Run) -> None:
+    def _stop_steps(self) -> Steps:
         """Ask, wait, force, kill, give up; then release. Interrupted before the end, the run stays tracked."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()  # bound by bind() but never started
+        run = self._run
+        if run is None:
+            return
         settings = self.settings
         started_at = time.monotonic()
         self._running = False  # stopping: no longer running, but tracked until it has ended
         run.ask_stop()
-        ended = run.wait_ended(settings.shutdown_timeout + STOP_MARGIN + run.stop_budget)
+        ended = yield WaitEnded(settings.shutdown_timeout + STOP_MARGIN + run.stop_budget)
         if not ended:
             with capture_into(self.log):
                 harness_logger.warning(
                     "The server did not stop within shutdown_timeout=%ss; forcing its exit.", settings.shutdown_timeout
                 )
             run.force()
-            ended = run.wait_ended(FORCE_GRACE) or (run.kill() and run.wait_ended(FORCE_GRACE))
+            ended = yield WaitEnded(FORCE_GRACE)
+            if not ended and run.kill():
+                ended = yield WaitEnded(FORCE_GRACE)
         self._run = None
         _live.discard(self)
         cleanup, self._cleanup = self._cleanup, None
@@ -516,7 +649,7 @@ class Serving:
     server: HarnessServer
     sock: socket.socket
     log: ServerLog
-    ready: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
+    ready: concurrent.futures.Future[None] | asyncio.Future[None]  # asyncio's when awaited on the same loop
     loop: asyncio.AbstractEventLoop | None = None
     task: asyncio.Task[Any] | None = None
     thread_id: int | None = None

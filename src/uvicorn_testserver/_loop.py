@@ -1,9 +1,9 @@
 """``mode="loop"``: uvicorn as a task on the caller's running asyncio event loop.
 
-The lifecycle runs in a worker thread (as for every mode) while the caller's loop,
-which awaits it, serves: readiness, the health check, the stop sequence and the
-deadlines are the core's. For apps that share loop-bound objects (a connection pool,
-a queue) with the test. A blocking call in the app blocks the test too.
+The core's start and stop steps are awaited on that same loop (`ServerCore.start_in_loop`),
+so readiness, the health check, the stop sequence and the deadlines are the core's, and
+nothing crosses a thread. For apps that share loop-bound objects (a connection pool, a
+queue) with the test. A blocking call in the app blocks the test too.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ __all__ = ["LoopRun"]
 
 
 class LoopRun:
-    """One run as a task on `loop`, which belongs to the caller (it must keep running while the run lives)."""
+    """One run as a task on `loop`, which belongs to the caller; the core awaits it there (`InLoopRun`)."""
 
     stop_budget = 0.0
 
@@ -29,49 +29,57 @@ class LoopRun:
             config = make_config(
                 launch.settings.served_app, shutdown_timeout=launch.settings.shutdown_timeout, options=launch.options
             )
-        self._serving = Serving(HarnessServer(config, on_app_error=launch.on_app_error), launch.sock, launch.log)
         self._loop = loop
+        self._ready: asyncio.Future[None] = loop.create_future()
+        server = HarnessServer(config, on_app_error=launch.on_app_error)
+        self._serving = Serving(server, launch.sock, launch.log, self._ready)
+        self._task: asyncio.Task[None] | None = None
         self._ended: concurrent.futures.Future[BaseException | None] = concurrent.futures.Future()
-        self._forced = False
         self._name = f"uvicorn-testserver {launch.settings.host}:{launch.sock.getsockname()[1]}"
 
     def launch(self) -> None:
-        self._loop.call_soon_threadsafe(self._create_task)
-
-    def _create_task(self) -> None:
-        task = self._loop.create_task(self._serving.main(), name=self._name)
-        task.add_done_callback(self._task_done)
+        self._task = self._loop.create_task(self._serving.main(), name=self._name)
+        self._task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         crash = None if task.cancelled() else task.exception()
-        if not self._serving.ready.done():
-            self._serving.ready.set_exception(_ended_early(crash if crash is not None else asyncio.CancelledError()))
+        if not self._ready.done():
+            self._ready.set_exception(_ended_early(crash if crash is not None else asyncio.CancelledError()))
         self._ended.set_result(crash)
 
-    def wait_ready(self, timeout: float) -> bool:
-        try:
-            self._serving.ready.result(timeout)
-        except TimeoutError:
+    async def wait_ready_in_loop(self, timeout: float) -> bool:
+        assert self._task is not None
+        await asyncio.wait({self._ready, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if not self._ready.done():
             return False
+        self._ready.result()  # raises StartupFailed
         return True
 
-    def is_alive(self) -> bool:
-        return not self._ended.done() and not self._loop.is_closed()
+    async def wait_ended_in_loop(self, timeout: float) -> bool:
+        if self._task is not None:
+            await asyncio.wait({self._task}, timeout=timeout)
+        return self._ended.done()
 
-    def ask_stop(self) -> None:
-        self._serving.ask_stop()
+    def wait_ready(self, timeout: float) -> bool:
+        raise RuntimeError("mode='loop' starts on the caller's event loop: use ServerCore.start_in_loop().")
 
     def wait_ended(self, timeout: float) -> bool:
-        if self._loop.is_closed():
-            return True  # the caller's loop is gone, and the task with it
+        """From another thread (interpreter exit, say); the caller's loop must run, or be closed, meanwhile."""
+        if self._task is None or self._loop.is_closed():
+            return True  # never launched, or the caller's loop is gone and the task with it
         try:
             self._ended.result(timeout)
         except TimeoutError:
             return False
         return True
 
+    def is_alive(self) -> bool:
+        return self._task is not None and not self._ended.done() and not self._loop.is_closed()
+
+    def ask_stop(self) -> None:
+        self._serving.ask_stop()
+
     def force(self) -> None:
-        self._forced = True
         self._serving.force()
 
     def kill(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import threading
 
@@ -23,7 +24,9 @@ class ThreadRun:
             config = make_config(
                 launch.settings.served_app, shutdown_timeout=launch.settings.shutdown_timeout, options=launch.options
             )
-        self._serving = Serving(HarnessServer(config, on_app_error=launch.on_app_error), launch.sock, launch.log)
+        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        server = HarnessServer(config, on_app_error=launch.on_app_error)
+        self._serving = Serving(server, launch.sock, launch.log, self._ready)
         self._crash: BaseException | None = None
         self._forced = False
         name = f"uvicorn-testserver {launch.settings.host}:{launch.sock.getsockname()[1]}"
@@ -38,21 +41,21 @@ class ThreadRun:
                 with asyncio.Runner(loop_factory=factory) as runner:
                     runner.run(serving.main())
             except StartupFailed as exc:  # the event loop could not be created
-                serving.ready.set_exception(exc)
+                self._ready.set_exception(exc)
             except BaseException as exc:  # noqa: BLE001 - reported by start() or stop(), never lost
                 self._crash = exc
             finally:
-                if not serving.ready.done():
+                if not self._ready.done():
                     failure = StartupFailed(f"the server thread ended before the server was ready: {self._crash!r}")
                     failure.__cause__ = self._crash
-                    serving.ready.set_exception(failure)
+                    self._ready.set_exception(failure)
 
     def launch(self) -> None:
         self._thread.start()
 
     def wait_ready(self, timeout: float) -> bool:
         try:
-            self._serving.ready.result(timeout)
+            self._ready.result(timeout)
         except TimeoutError:
             return False
         return True

@@ -128,6 +128,7 @@ class HarnessServer(uvicorn.Server):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_app_error = on_app_error
         self._recorder: _AppErrorRecorder | None = None
+        self._listening_stopped = False
         super().__init__(config)
 
     # `should_exit` is set from the test's thread; wake the loop instead of waiting for a tick.
@@ -205,8 +206,9 @@ class HarnessServer(uvicorn.Server):
             await self.main_loop()
             await self.shutdown(sockets=[sock])
         finally:
-            with contextlib.suppress(asyncio.CancelledError):  # a forced exit: close and abort what is known
-                await self._stop_listening()
+            if not self._listening_stopped:  # a forced exit cut the shutdown short
+                with contextlib.suppress(asyncio.CancelledError):  # then close and abort what is known
+                    await self._stop_listening()
             self._close_listeners()
             self._abort_connections()
 
@@ -219,6 +221,7 @@ class HarnessServer(uvicorn.Server):
         waits for an answer that never comes. So accepting stops first, and the server
         closes once nothing is on its way in.
         """
+        self._listening_stopped = True
         loop = asyncio.get_running_loop()
         for server in getattr(self, "servers", []):
             for listener in server.sockets:
