@@ -579,3 +579,22 @@ def test_readme_example_project(pytester: pytest.Pytester) -> None:
         """,
     )
     pytester.runpytest().assert_outcomes(passed=4)
+
+
+def test_a_marker_runs_a_fixture_server_in_process_mode(pytester: pytest.Pytester) -> None:
+    make_project(
+        pytester,
+        test_a="""
+            import os
+
+            import pytest
+            import requests
+
+            @pytest.mark.uvicorn(mode="process")
+            def test_in_a_child(fresh_uvicorn_server):
+                assert fresh_uvicorn_server.mode == "process"
+                assert fresh_uvicorn_server.pid != os.getpid()
+                assert requests.get(fresh_uvicorn_server.url("/"), timeout=30).text == "hello"
+        """,
+    )
+    pytester.runpytest_subprocess().assert_outcomes(passed=1)

@@ -54,6 +54,7 @@ __all__ = [
     "Run",
     "ServerCore",
     "Serving",
+    "ServingRun",
     "StartupFailed",
     "bind_socket",
     "errors_noted_on",
@@ -696,6 +697,46 @@ class Serving:
     def started(self) -> bool:
         """True once the start succeeded (whatever happened after)."""
         return self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
+
+
+class ServingRun:
+    """What the runs serving through `Serving` in the test's own process share (thread and loop mode)."""
+
+    stop_budget = 0.0
+    returncode = None
+    output = ""
+    _serving: Serving
+    _forced = False
+
+    def ask_stop(self) -> None:
+        self._serving.ask_stop()
+
+    def force(self) -> None:
+        self._forced = True
+        self._serving.force()
+
+    def kill(self) -> bool:
+        return False  # a thread, or a task that ignores cancellation, cannot be ended from outside
+
+    def settle(self) -> None:
+        self._serving.settle()
+
+    def crash_problem(self, crash: BaseException | None, where: str) -> tuple[str, BaseException | None] | None:
+        """`problem()` for a run whose `where` ended with `crash`."""
+        # A forced exit cancels the serving task: that CancelledError is the harness's, not a crash.
+        if crash is None or not self._serving.started or (self._forced and isinstance(crash, asyncio.CancelledError)):
+            return None
+        return f"crashed while serving: {where} ended with {crash!r}.", crash
+
+    def release(self) -> None:
+        pass
+
+    def diagnostics(self) -> str:
+        return ""
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
 
 
 # -- the accessors every face shares ------------------------------------------------------------

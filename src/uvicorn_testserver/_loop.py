@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 
-from uvicorn_testserver._lifecycle import Launch, Serving, StartupFailed
+from uvicorn_testserver._lifecycle import Launch, Serving, ServingRun, StartupFailed
 from uvicorn_testserver._logs import capture_into
 from uvicorn_testserver._uvicorn import HarnessServer, make_config
 
 __all__ = ["LoopRun"]
 
 
-class LoopRun:
+class LoopRun(ServingRun):
     """One run as a task on `loop`, which belongs to the caller; the core awaits it there (`InLoopRun`)."""
-
-    stop_budget = 0.0
 
     def __init__(self, launch: Launch, loop: asyncio.AbstractEventLoop) -> None:
         with capture_into(launch.log):
@@ -76,39 +73,11 @@ class LoopRun:
     def is_alive(self) -> bool:
         return self._task is not None and not self._ended.done() and not self._loop.is_closed()
 
-    def ask_stop(self) -> None:
-        self._serving.ask_stop()
-
-    def force(self) -> None:
-        self._serving.force()
-
-    def kill(self) -> bool:
-        return False  # a task that ignores cancellation cannot be ended from outside
-
-    def settle(self) -> None:
-        self._serving.settle()
-
     def problem(self) -> tuple[str, BaseException | None] | None:
-        crash = self._ended.result() if self._ended.done() else None
-        if crash is None or not self._serving.started:
-            return None
-        return f"crashed while serving: its task ended with {crash!r}.", crash
+        return self.crash_problem(self._ended.result() if self._ended.done() else None, "its task")
 
     def left_behind(self) -> str:
         return "Something in the app ignores cancellation; its task is left behind on your event loop."
-
-    def release(self) -> None:
-        pass
-
-    def diagnostics(self) -> str:
-        return ""
-
-    @property
-    def pid(self) -> int:
-        return os.getpid()
-
-    returncode = None
-    output = ""
 
 
 def _ended_early(crash: BaseException) -> BaseException:

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import threading
 
-from uvicorn_testserver._lifecycle import Launch, Serving, StartupFailed
+from uvicorn_testserver._lifecycle import Launch, Serving, ServingRun, StartupFailed
 from uvicorn_testserver._logs import capture_into
 from uvicorn_testserver._uvicorn import HarnessServer, loop_factory, make_config
 
 __all__ = ["ThreadRun"]
 
 
-class ThreadRun:
+class ThreadRun(ServingRun):
     """One run in a daemon thread that owns its event loop; a forced exit cancels the serving task."""
-
-    stop_budget = 0.0
 
     def __init__(self, launch: Launch) -> None:
         with capture_into(launch.log):
@@ -28,7 +25,6 @@ class ThreadRun:
         server = HarnessServer(config, on_app_error=launch.on_app_error)
         self._serving = Serving(server, launch.sock, launch.log, self._ready)
         self._crash: BaseException | None = None
-        self._forced = False
         name = f"uvicorn-testserver {launch.settings.host}:{launch.sock.getsockname()[1]}"
         self._thread = threading.Thread(target=self.serve, name=name, daemon=True)
 
@@ -63,44 +59,14 @@ class ThreadRun:
     def is_alive(self) -> bool:
         return self._thread.is_alive()
 
-    def ask_stop(self) -> None:
-        self._serving.ask_stop()
-
     def wait_ended(self, timeout: float) -> bool:
         if self._thread.ident is None:
             return True  # never launched
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def force(self) -> None:
-        self._forced = True
-        self._serving.force()
-
-    def kill(self) -> bool:
-        return False  # a thread cannot be killed
-
-    def settle(self) -> None:
-        self._serving.settle()
-
     def problem(self) -> tuple[str, BaseException | None] | None:
-        crash = self._crash
-        # A forced exit cancels the serving task: that CancelledError is the harness's, not a crash.
-        if crash is None or not self._serving.started or (self._forced and isinstance(crash, asyncio.CancelledError)):
-            return None
-        return f"crashed while serving: its event loop ended with {crash!r}.", crash
+        return self.crash_problem(self._crash, "its event loop")
 
     def left_behind(self) -> str:
         return "The daemon thread is left behind."
-
-    def release(self) -> None:
-        pass
-
-    def diagnostics(self) -> str:
-        return ""
-
-    @property
-    def pid(self) -> int:
-        return os.getpid()
-
-    returncode = None
-    output = ""
