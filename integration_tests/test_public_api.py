@@ -87,3 +87,56 @@ def test_every_public_name_has_a_docstring(name: str) -> None:
         doc = attribute_docstrings().get(name)
     assert doc, f"{name} has no docstring"
     assert doc.strip(), f"{name} has an empty docstring"
+
+
+def _internal_imports() -> dict[str, list[tuple[str, str]]]:
+    """module -> [(imported module, name)] for every ``from uvicorn_testserver.X import name`` in src."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for path in sorted(PACKAGE_DIR.glob("*.py")):
+        imports = found.setdefault(path.stem, [])
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("uvicorn_testserver"):
+                target = (node.module or "").removeprefix("uvicorn_testserver").lstrip(".") or "__init__"
+                imports.extend((target.split(".")[0], alias.name) for alias in node.names)
+    return found
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    private = [
+        f"{module} imports {target}.{name}"
+        for module, imports in _internal_imports().items()
+        for target, name in imports
+        if target != "__init__" and name.startswith("_") and not name.startswith("__") and name != target
+    ]
+    assert private == []
+
+
+def test_imports_flow_one_way_without_cycles() -> None:
+    graph = {
+        module: {target for target, name in imports if target not in ("__init__", module)}
+        | {name for target, name in imports if target == "__init__" and name.startswith("_")}
+        for module, imports in _internal_imports().items()
+    }
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(
+            nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})) for nxt in graph.get(start, ())
+        )
+
+    cycles = sorted(module for module in graph if reaches(module, module, {module}))
+    assert cycles == []
+
+
+def test_uvicorn_internals_are_used_in_one_module_only() -> None:
+    internal = ("uvicorn.server", "uvicorn.config", "uvicorn.protocols", "uvicorn.lifespan", "uvicorn.main")
+    users = sorted(
+        path.name
+        for path in PACKAGE_DIR.glob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom | ast.Import)
+        and any(
+            name.startswith(internal)
+            for name in ([node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names])
+        )
+    )
+    assert set(users) == {"_uvicorn.py"}
