@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     stop_signals = {signal.SIGINT, signal.SIGTERM}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
 
-    server = UvicornTestServer(app, args.host, args.port, log_level="info", health_path="/health")
+    # A person pressing Ctrl-C wants it to stop now: an open stream (curl -N .../events) is cut after 0.5 s.
+    server = UvicornTestServer(app, args.host, args.port, log_level="info", health_path="/health", shutdown_timeout=0.5)
     try:
         server.start()
     except ServerError as exc:

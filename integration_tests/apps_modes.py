@@ -40,6 +40,7 @@ async def stream(request: Request) -> StreamingResponse:
 
 
 async def slow(request: Request) -> PlainTextResponse:
+    logger.warning("slow request started")
     await asyncio.sleep(float(request.query_params.get("seconds", "0.5")))
     return PlainTextResponse("slow")
 

@@ -92,3 +92,17 @@ def test_demo_server_reports_a_taken_port(demo: tuple[subprocess.Popen[str], str
     )
     assert result.returncode == 2
     assert f"127.0.0.1:{port}: the port is already in use" in result.stderr
+
+
+def test_demo_server_stops_on_ctrl_c_with_a_stream_open_without_a_traceback(
+    demo: tuple[subprocess.Popen[str], str],
+) -> None:
+    process, url = demo
+    with requests.get(f"{url}/events", stream=True, timeout=30) as stream:
+        assert next(stream.iter_lines()) == b"id: 0"
+        process.send_signal(signal.SIGINT)
+        assert process.wait(10) == 0
+    assert process.stdout is not None
+    output = process.stdout.read()
+    assert "Traceback" not in output
+    assert "Stopped." in output

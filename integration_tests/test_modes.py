@@ -275,6 +275,30 @@ async def test_cancelling_a_stop_lets_it_finish_then_propagates(mode: str) -> No
 # -- stop ------------------------------------------------------------------------------------------
 
 
+async def _until_logged(live: AsyncTestServer, text: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while text not in live.log.text:
+        assert time.monotonic() < deadline, f"{text!r} never logged:\n{live.log.text}"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_harness_cut_is_one_warning_not_an_app_error(mode: str) -> None:
+    live = await server(mode, shutdown_timeout=0.3, log_level="info").start()
+    request = asyncio.create_task(live.client.get("/slow?seconds=60"))
+    await _until_logged(live, "slow request started")
+    await live.stop()
+    with pytest.raises(Exception):  # noqa: B017, PT011 - the client sees its connection dropped, however it says so
+        await request
+    text = live.log.text
+    assert "Cut 1 request(s) still running after the 0.3s graceful shutdown timeout: GET /slow (running" in text
+    assert "Exception in ASGI application" not in text
+    assert "CancelledError" not in text
+    assert '" 500' not in text  # no access line for a response nobody received
+    assert live.errors == []
+
+
 @pytest.mark.parametrize("mode", SYNC_MODES)
 def test_clients_connecting_as_the_server_stops_are_answered_refused_or_reset_never_left_hanging(mode: str) -> None:
     """Connections accepted just as the listener closes once hung their clients (and leaked the socket)."""

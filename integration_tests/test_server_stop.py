@@ -170,6 +170,9 @@ def test_stop_cuts_an_endless_event_stream_after_shutdown_timeout() -> None:
     # log says. The margin is for this shared machine, where a 10 ms sleep is 1 s late 1% of the time.
     assert elapsed < 0.5 + 9.5, "stop() must cut the stream at shutdown_timeout, not wait for its end"
     assert "Cut 1 request(s) still running after the 0.5s graceful shutdown timeout" in server.log.text
+    assert "GET /events (running" in server.log.text
+    assert "Exception in ASGI application" not in server.log.text  # the harness's cut is not the app's error
+    assert server.errors == []
 
 
 def test_start_stop_cycle_is_within_5x_of_aiohttp_test_server() -> None:

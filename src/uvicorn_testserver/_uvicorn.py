@@ -40,7 +40,9 @@ import contextlib
 import functools
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import uvicorn
@@ -49,7 +51,7 @@ from uvicorn.importer import ImportFromStringError, import_from_string
 
 from uvicorn_testserver._logs import current_log, harness_logger
 
-__all__ = ["HarnessServer", "StartupFailed", "loop_factory", "make_config"]
+__all__ = ["HarnessServer", "InFlight", "StartupFailed", "loop_factory", "make_config"]
 
 
 def make_config(app: Any, *, shutdown_timeout: float, options: dict[str, Any]) -> uvicorn.Config:
@@ -84,11 +86,25 @@ class StartupFailed(Exception):
         self.reason = reason
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """A request (or WebSocket) the app is handling."""
+
+    method: str  # the HTTP method, or "WebSocket"
+    path: str
+    started: float  # time.monotonic()
+
+    def describe(self, now: float) -> str:
+        return f"{self.method} {self.path} (running {now - self.started:.1f}s)"
+
+
 class _AppErrorRecorder:
     """ASGI middleware that reports unhandled app exceptions and re-raises them untouched.
 
-    On the lifespan scope it also keeps the message of a ``lifespan.startup.failed``
-    event: uvicorn only logs it, then exits.
+    It also knows which requests are in flight, and ends the ones the harness cuts at
+    shutdown quietly (their connection is gone, so uvicorn logs no error for them). On the
+    lifespan scope it keeps the message of a ``lifespan.startup.failed`` event: uvicorn
+    only logs it, then exits.
     """
 
     def __init__(self, app: Any, on_error: Callable[[BaseException], None]) -> None:
@@ -96,20 +112,32 @@ class _AppErrorRecorder:
         self.on_error = on_error
         self.lifespan_error: BaseException | None = None
         self.startup_failure: str | None = None
+        self.in_flight: dict[asyncio.Task[Any] | None, InFlight] = {}
+        self.cut: set[asyncio.Task[Any]] = set()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            send = self._watch_lifespan(send)
+            try:
+                await self.app(scope, receive, self._watch_lifespan(send))
+            except Exception as exc:
+                self.lifespan_error = exc
+                raise
+            return
+        task = asyncio.current_task()
+        method = scope.get("method", "WebSocket") if scope["type"] == "http" else "WebSocket"
+        self.in_flight[task] = InFlight(method, scope.get("path", ""), time.monotonic())
         try:
             await self.app(scope, receive, send)
         except asyncio.CancelledError:
+            if task is not None and task in self.cut:
+                task.uncancel()
+                return  # cut by the harness: said once in the log, not an app error
             raise
         except Exception as exc:
-            if scope["type"] == "lifespan":
-                self.lifespan_error = exc
-            else:
-                self.on_error(exc)
+            self.on_error(exc)
             raise
+        finally:
+            self.in_flight.pop(task, None)
 
     def _watch_lifespan(self, send: Any) -> Callable[[Any], Awaitable[None]]:
         async def watched(message: Any) -> None:
@@ -278,20 +306,36 @@ class HarnessServer(uvicorn.Server):
             async with asyncio.timeout(self.config.timeout_graceful_shutdown):
                 await self._wait_until_drained()
         except TimeoutError:
-            tasks = list(self.server_state.tasks)
-            harness_logger.warning(
-                "Cut %d request(s) still running after the %.1fs graceful shutdown timeout "
-                "(an endless stream or a slow handler); cancelling them.",
-                len(tasks),
-                self.config.timeout_graceful_shutdown,
-            )
-            for task in tasks:
-                task.cancel("cut by uvicorn-testserver at shutdown")
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._cut()
         if not self.force_exit:
             await self.lifespan.shutdown()
             if self._recorder is not None and self._recorder.lifespan_error is not None:
                 self._on_app_error(self._recorder.lifespan_error)
+
+    def in_flight(self) -> list[InFlight]:
+        """The requests and WebSockets the app is handling now."""
+        return list(self._recorder.in_flight.values()) if self._recorder is not None else []
+
+    async def _cut(self) -> None:
+        """End what still runs after the graceful timeout: say so once, drop the connections, cancel the handlers.
+
+        The connections go first, so uvicorn sees a client that left: no "Exception in ASGI
+        application" traceback and no 500 that nobody receives.
+        """
+        tasks = list(self.server_state.tasks)
+        now = time.monotonic()
+        harness_logger.warning(
+            "Cut %d request(s) still running after the %.1fs graceful shutdown timeout: %s.",
+            len(tasks),
+            self.config.timeout_graceful_shutdown,
+            "; ".join(request.describe(now) for request in self.in_flight()) or "(not started yet)",
+        )
+        self._abort_connections()
+        if self._recorder is not None:
+            self._recorder.cut.update(tasks)
+        for task in tasks:
+            task.cancel("cut by uvicorn-testserver at shutdown")
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _wait_until_drained(self) -> None:
         delay = 0.0005
