@@ -208,6 +208,22 @@ async def test_cycles_leave_no_threads_fds_or_children(mode: str) -> None:
         assert not any(alive(pid) for pid in pids if pid is not None)
 
 
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", MODES)
+async def test_expect_errors_takes_the_expected_ones_and_lets_the_others_through(mode: str) -> None:
+    live = await server(mode).start()
+    with live.expect_errors(ValueError) as expected:
+        assert (await live.client.get("/divide?by=nothing")).status_code == 500  # int("nothing")
+        assert (await live.client.get("/divide")).status_code == 500  # ZeroDivisionError: not expected
+    assert len(expected) == 1
+    assert live.served_when_raised(expected[0]) == "GET /divide"
+    with pytest.raises(AssertionError, match=r"to raise KeyError in this block; it raised none"):  # noqa: SIM117
+        with live.expect_errors(KeyError):
+            await live.client.get("/")
+    with pytest.raises(ServerExceptionsError, match=r"^[^\n]*ZeroDivisionError: division by zero in GET /divide\n"):
+        await live.stop()
+
+
 # -- cancellation ----------------------------------------------------------------------------------
 
 

@@ -434,3 +434,50 @@ def test_readme_failing_example_explains_itself(pytester: pytest.Pytester) -> No
         ]
     )
     assert "by=4" not in result.stdout.str(), "the passing test's requests are not in the failing test's section"
+
+
+def test_the_expect_errors_marker_scopes_expected_app_errors_to_one_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "200")  # the short summary cuts its lines at the terminal's width
+    pytester.makeini("[pytest]\nuvicorn_app = myapp:app\n")
+    pytester.makepyfile(
+        myapp="""
+            from starlette.applications import Starlette
+            from starlette.responses import PlainTextResponse
+            from starlette.routing import Route
+
+            async def divide(request):
+                return PlainTextResponse(str(1 / int(request.query_params.get("by", "0"))))
+
+            app = Starlette(routes=[Route("/divide", divide)])
+        """,
+        test_a="""
+            import pytest
+            import requests
+
+            @pytest.mark.uvicorn(expect_errors=ZeroDivisionError)
+            def test_provokes_it(uvicorn_server):
+                assert requests.get(uvicorn_server.url("/divide"), timeout=30).status_code == 500
+
+            @pytest.mark.uvicorn(expect_errors=ZeroDivisionError)
+            def test_expects_it_but_it_never_comes(uvicorn_server):
+                assert requests.get(uvicorn_server.url("/divide?by=2"), timeout=30).text == "0.5"
+
+            @pytest.mark.uvicorn(expect_errors=ZeroDivisionError)
+            def test_another_error_still_fails(uvicorn_server):
+                assert requests.get(uvicorn_server.url("/divide?by=zero"), timeout=30).status_code == 500
+
+            def test_the_shared_server_still_reports_errors(uvicorn_server):
+                assert requests.get(uvicorn_server.url("/divide"), timeout=30).status_code == 500
+        """,
+    )
+    result = pytester.runpytest_subprocess("-ra")
+    result.assert_outcomes(passed=4, errors=3)
+    result.stdout.fnmatch_lines_random(
+        [
+            "ERROR test_a.py::test_expects_it_but_it_never_comes - AssertionError: *raised no ZeroDivisionError*",
+            "ERROR test_a.py::test_another_error_still_fails - *ServerExceptionsError: ValueError: invalid literal*",
+            "ERROR test_a.py::test_the_shared_server_still_reports_errors - *ZeroDivisionError: division by zero in*",
+        ]
+    )

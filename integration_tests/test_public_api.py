@@ -140,3 +140,10 @@ def test_uvicorn_internals_are_used_in_one_module_only() -> None:
         )
     )
     assert set(users) == {"_uvicorn.py"}
+
+
+@pytest.mark.parametrize("name", [name for name in uvicorn_testserver.__all__ if name != "__version__"])
+def test_public_classes_report_the_public_module(name: str) -> None:
+    value = getattr(uvicorn_testserver, name)
+    if isinstance(value, type):
+        assert value.__module__ == "uvicorn_testserver"

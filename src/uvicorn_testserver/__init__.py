@@ -53,11 +53,18 @@ _LAZY = {
 }
 
 
+def _public(value: _Any) -> _Any:
+    """Report a public class as ``uvicorn_testserver.X`` (in tracebacks and reprs), as httpx does."""
+    if isinstance(value, type) and value.__module__.startswith(f"{__name__}._"):
+        value.__module__ = __name__
+    return value
+
+
 def __getattr__(name: str) -> _Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(_import_module(f"{__name__}.{module}"), name)
+    value = _public(getattr(_import_module(f"{__name__}.{module}"), name))
     globals()[name] = value
     return value
 
@@ -93,3 +100,9 @@ __all__ = [
     "__version__",
     "create_test_server",
 ]
+
+for _name in __all__:
+    if _name in globals():
+        _public(globals()[_name])
+
+del _name

@@ -135,7 +135,7 @@ def serve(channel: Channel, listener: socket.socket, config: dict[str, Any]) -> 
         return fail(channel, f"cannot configure uvicorn: {exc!r}", exc)
     main_thread: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
     core = ServerCore(settings, lambda launch: MainThreadRun(launch, main_thread))
-    core.on_app_error = lambda exc: channel.send("app_error", **describe_exception(exc))
+    core.on_app_error = lambda exc, serving: channel.send("app_error", serving=serving, **describe_exception(exc))
     core.use_socket(listener)
     exit_code: list[int] = []
     control = threading.Thread(

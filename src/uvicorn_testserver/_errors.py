@@ -94,21 +94,57 @@ class ServerExceptionsError(ServerError):
         self,
         exceptions: Sequence[BaseException],
         *,
+        served: Sequence[str] = (),
+        chained: bool = True,
+        url: str | None = None,
         host: str | None = None,
         port: int | None = None,
         app: str | None = None,
         log_tail: str = "",
     ) -> None:
         self.exceptions = list(exceptions)
-        where = f"http://{host}:{port}" if host is not None else "the server"
-        tracebacks = "\n".join(format_exception(exc) for exc in self.exceptions)
+        self.served = [*served, *[""] * (len(self.exceptions) - len(served))]
+        where = url or (f"http://{host}:{port}" if host is not None else "the server")
         count = len(self.exceptions)
-        message = (
-            f"the app {app} raised {count} unhandled exception{'s' if count != 1 else ''} "
-            f"while serving on {where}:\n{tracebacks}\n"
-            "Fix the app, or pass raise_server_exceptions=False if the test provokes these on purpose."
-        )
-        super().__init__(message, host=host, port=port, app=app, log_tail=log_tail)
+        lines = [
+            f"{describe_error(self.exceptions[0], self.served[0])}" + (f" (+{count - 1} more)" if count > 1 else ""),
+            f"the app {app} raised {count} unhandled exception{'s' if count != 1 else ''} while serving on {where}:",
+        ]
+        lines += [f"  {describe_error(e, serving)}" for e, serving in zip(self.exceptions, self.served, strict=True)]
+        # The first is chained as __cause__, and Python prints its traceback above this one.
+        shown = self.exceptions[1:] if chained else self.exceptions
+        if chained:
+            lines.append("The first one's traceback is above (the cause of this error).")
+        lines += [format_exception(error) for error in shown]
+        lines.append("Fix the app, or expect these errors if the test provokes them on purpose.")
+        super().__init__("\n".join(lines), host=host, port=port, app=app, log_tail=log_tail)
+
+
+def error_is_of(error: BaseException, types: tuple[type[BaseException], ...]) -> bool:
+    """`isinstance`, or for an error carried from a child process as text, the same type name."""
+    type_name = getattr(error, "type_name", None)
+    if type_name is None:
+        return isinstance(error, types)
+    return any(type_name in (kind.__qualname__, f"{kind.__module__}.{kind.__qualname__}") for kind in types)
+
+
+def describe_error(error: BaseException, serving: str = "") -> str:
+    """``ZeroDivisionError: division by zero in GET /divide``: one line, for summaries."""
+    type_name = getattr(error, "type_name", None)  # a ChildAppError names the child's type
+    if type_name is None:
+        kind = type(error)
+        type_name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        message = str(error)
+    else:
+        message = str(getattr(error, "message", error))
+    first = message.strip().splitlines()
+    text = f"{type_name}: {first[0]}" if first else type_name
+    if len(text) > _ONE_LINE:
+        text = text[: _ONE_LINE - 1] + "…"
+    return f"{text} in {serving}" if serving else text
+
+
+_ONE_LINE = 150
 
 
 class ClientTimeoutError(ServerError, TimeoutError):

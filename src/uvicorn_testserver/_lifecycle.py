@@ -37,10 +37,11 @@ from uvicorn_testserver._errors import (
     ServerShutdownError,
     ServerStartupError,
     ServerStateError,
+    error_is_of,
 )
 from uvicorn_testserver._logs import ServerLog, capture_into, harness_logger, install_capture, log_level_lease
 from uvicorn_testserver._settings import ServerSettings, connect_host
-from uvicorn_testserver._uvicorn import HarnessServer, StartupFailed
+from uvicorn_testserver._uvicorn import AppErrorSink, HarnessServer, StartupFailed
 from uvicorn_testserver._wsgi import WSGIAdapter, WSGIFactory
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class Launch:
     sock: socket.socket
     options: dict[str, Any]  # uvicorn options for this run (TLS files written)
     log: ServerLog
-    on_app_error: Callable[[BaseException], None]
+    on_app_error: AppErrorSink
 
 
 class Run(Protocol):
@@ -194,6 +195,7 @@ class ServerCore:
         self.log.drop_access_log = settings.uvicorn_options.get("access_log") is False
         self.log.level = settings.level
         self.app_errors: list[BaseException] = []
+        self._served_when_raised: dict[int, str] = {}  # id(error) -> "GET /path"
         self._new_run = new_run
         self._lock = threading.Lock()
         self._port = settings.port
@@ -202,7 +204,7 @@ class ServerCore:
         self._cleanup: ExitStack | None = None
         self._running = False  # True between a successful start and the stop that ends it
         self.last_run: Run | None = None
-        self.on_app_error: Callable[[BaseException], None] | None = None
+        self.on_app_error: AppErrorSink | None = None
 
     # -- where it listens --
 
@@ -383,6 +385,7 @@ class ServerCore:
         started_at = time.monotonic()
         install_capture()
         self.app_errors.clear()
+        self._served_when_raised.clear()
         cleanup = ExitStack()
         try:
             sock, self._sock = self._sock or self._bind(), None
@@ -410,10 +413,23 @@ class ServerCore:
         if run is not None and not self._running:
             run.ask_stop()
 
-    def _app_error(self, exc: BaseException) -> None:
+    def _app_error(self, exc: BaseException, serving: str) -> None:
+        self._served_when_raised[id(exc)] = serving
         self.app_errors.append(exc)
         if self.on_app_error is not None:
-            self.on_app_error(exc)
+            self.on_app_error(exc, serving)
+
+    def served_when_raised(self, error: BaseException) -> str:
+        """What the app was serving when it raised `error` ("GET /divide"), or ''."""
+        return self._served_when_raised.get(id(error), "")
+
+    def take_expected(self, since: int, types: tuple[type[BaseException], ...]) -> list[BaseException]:
+        """Take the errors after position `since` that are of `types` out of `errors`; return them."""
+        self.settle()
+        taken = [error for error in self.app_errors[since:] if error_is_of(error, types)]
+        for error in taken:
+            self.app_errors.remove(error)
+        return taken
 
     def _run_options(self, cleanup: ExitStack) -> dict[str, Any]:
         """uvicorn options for one run; what the run creates (TLS files, WSGI threads) is released by `cleanup`."""
@@ -511,13 +527,19 @@ class ServerCore:
 
     def raise_app_errors(self) -> None:
         if self.settings.raise_server_exceptions and self.app_errors:
-            raise ServerExceptionsError(
-                self.app_errors,
-                host=self.settings.host,
-                port=self._port,
-                app=self.settings.app_name,
-                log_tail=self.log.tail(),
-            ) from self.app_errors[0]
+            raise self.exceptions_error(self.app_errors) from self.app_errors[0]
+
+    def exceptions_error(self, errors: list[BaseException]) -> ServerExceptionsError:
+        """`ServerExceptionsError` for `errors`: each named with what it served, each traceback shown once."""
+        return ServerExceptionsError(
+            errors,
+            served=[self.served_when_raised(error) for error in errors],
+            url=f"{self.settings.scheme}://{connect_host(self.settings.host)}:{self._port}",
+            host=self.settings.host,
+            port=self._port,
+            app=self.settings.app_name,
+            log_tail=self.log.tail(shown=errors),
+        )
 
     def _stop_steps(self) -> Steps:
         """Ask, wait, force, kill, give up; then release. Interrupted before the end, the run stays tracked."""
@@ -867,6 +889,30 @@ class LiveServer:
     def log(self) -> ServerLog:
         """The log records this server emitted (see `ServerLog`)."""
         return self._core.log
+
+    def served_when_raised(self, error: BaseException) -> str:
+        """What the app was serving when it raised `error`, one of `errors` (``"GET /divide"``), or ''."""
+        return self._core.served_when_raised(error)
+
+    @contextlib.contextmanager
+    def expect_errors(self, *types: type[BaseException]) -> Iterator[list[BaseException]]:
+        """Expect the app to raise errors of `types` while the block runs; yield the list they end up in.
+
+        At the end of the block the errors of `types` the app raised meanwhile are taken
+        out of `errors` (so `stop()` does not raise them) and put in the list. Raises
+        `AssertionError` if there were none. Errors of other types stay, and fail the test
+        as usual. In process mode an error matches by its type's name. Blocks briefly at
+        the end (see `settle`).
+        """
+        if not types or not all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in types):
+            raise TypeError(f"expect_errors() takes one or more exception classes, not {types!r}.")
+        since = len(self._core.app_errors)
+        expected: list[BaseException] = []
+        yield expected
+        expected.extend(self._core.take_expected(since, types))
+        if not expected:
+            names = " or ".join(kind.__name__ for kind in types)
+            raise AssertionError(f"expected the app of {self!r} to raise {names} in this block; it raised none.")
 
     def settle(self) -> None:
         """Wait (at most 1 s) until the server has finished the step it was in when a client got its answer.

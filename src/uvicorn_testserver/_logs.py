@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 
 from uvicorn_testserver._errors import format_exception
@@ -85,19 +85,30 @@ class ServerLog:
         """Every captured record, formatted one per line (tracebacks included)."""
         return format_records(self.records)
 
-    def tail(self, lines: int = 20) -> str:
-        """The last `lines` lines of `text`."""
-        return "\n".join(self.text.splitlines()[-lines:])
+    def tail(self, lines: int = 20, *, shown: Collection[BaseException] = ()) -> str:
+        """The last `lines` lines of `text`; the tracebacks of the errors in `shown` (shown elsewhere) left out."""
+        return "\n".join(format_records(self.records, shown=shown).splitlines()[-lines:])
 
 
-def format_records(records: list[logging.LogRecord]) -> str:
-    """Format records as ``HH:MM:SS.mmm LEVEL logger: message`` lines."""
+def format_records(records: list[logging.LogRecord], *, shown: Collection[BaseException] = ()) -> str:
+    """Format records as ``HH:MM:SS.mmm LEVEL logger: message`` lines, tracebacks below.
+
+    A record about an error in `shown` gets a one-line reference instead of its
+    traceback: that traceback is printed with the error already.
+    """
     lines = []
     for record in records:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
         lines.append(f"{stamp} {record.levelname:<8} {record.name}: {record.getMessage()}")
-        if record.exc_info and record.exc_info[1] is not None:
-            lines.append(format_exception(record.exc_info[1]))
+        error = record.exc_info[1] if record.exc_info else None
+        text = format_exception(error) if error is not None else getattr(record, "exc_text", None)
+        if not text:
+            continue
+        already = next((e for e in shown if e is error or getattr(e, "traceback", None) == text), None)
+        if already is None:
+            lines.append(text)
+        else:
+            lines[-1] += f" [{type(already).__name__} traceback: shown with the error]"
     return "\n".join(lines)
 
 

@@ -225,7 +225,7 @@ class ProcessRun:
         if kind == "log":
             self._emit_log(event)
         elif kind == "app_error":
-            self._launch.on_app_error(ChildAppError.from_event(event))
+            self._launch.on_app_error(ChildAppError.from_event(event), str(event.get("serving", "")))
         elif kind == "pong":
             with self._pong:
                 self._pongs = max(self._pongs, int(event["n"]))
@@ -240,8 +240,6 @@ class ProcessRun:
 
     def _emit_log(self, event: dict[str, Any]) -> None:
         message = str(event["msg"])
-        if event.get("exc_text"):
-            message = f"{message}\n{event['exc_text']}"
         pathname = str(event.get("pathname", ""))
         record = logging.makeLogRecord(
             {
@@ -256,6 +254,7 @@ class ProcessRun:
                 "module": os.path.splitext(os.path.basename(pathname))[0],
                 "lineno": event.get("lineno", 0),
                 "funcName": event.get("funcName", ""),
+                "exc_text": event.get("exc_text") or None,  # formatters print it below the message
                 "processName": f"uvicorn-testserver child {self.pid}",
             }
         )

@@ -51,7 +51,7 @@ from uvicorn.importer import ImportFromStringError, import_from_string
 
 from uvicorn_testserver._logs import current_log, harness_logger
 
-__all__ = ["HarnessServer", "InFlight", "StartupFailed", "loop_factory", "make_config"]
+__all__ = ["AppErrorSink", "HarnessServer", "InFlight", "StartupFailed", "loop_factory", "make_config"]
 
 
 def make_config(app: Any, *, shutdown_timeout: float, options: dict[str, Any]) -> uvicorn.Config:
@@ -69,6 +69,10 @@ def make_config(app: Any, *, shutdown_timeout: float, options: dict[str, Any]) -
 
 # Loop iterations asyncio takes from accepting a socket to its protocol's `connection_made` (two, and one to spare).
 _ACCEPT_ITERATIONS = 3
+
+
+#: Where the app's unhandled exceptions go: the exception, and what it was serving ("GET /divide").
+AppErrorSink = Callable[[BaseException, str], None]
 
 
 class _Ready(Protocol):
@@ -107,7 +111,7 @@ class _AppErrorRecorder:
     only logs it, then exits.
     """
 
-    def __init__(self, app: Any, on_error: Callable[[BaseException], None]) -> None:
+    def __init__(self, app: Any, on_error: AppErrorSink) -> None:
         self.app = app
         self.on_error = on_error
         self.lifespan_error: BaseException | None = None
@@ -134,7 +138,7 @@ class _AppErrorRecorder:
                 return  # cut by the harness: said once in the log, not an app error
             raise
         except Exception as exc:
-            self.on_error(exc)
+            self.on_error(exc, f"{method} {scope.get('path', '')}")
             raise
         finally:
             self.in_flight.pop(task, None)
@@ -151,7 +155,7 @@ class _AppErrorRecorder:
 class HarnessServer(uvicorn.Server):
     """A `uvicorn.Server` that starts on a given socket, stops at once and never touches signals."""
 
-    def __init__(self, config: uvicorn.Config, *, on_app_error: Callable[[BaseException], None]) -> None:
+    def __init__(self, config: uvicorn.Config, *, on_app_error: AppErrorSink) -> None:
         self._exit_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_app_error = on_app_error
@@ -310,7 +314,7 @@ class HarnessServer(uvicorn.Server):
         if not self.force_exit:
             await self.lifespan.shutdown()
             if self._recorder is not None and self._recorder.lifespan_error is not None:
-                self._on_app_error(self._recorder.lifespan_error)
+                self._on_app_error(self._recorder.lifespan_error, "lifespan shutdown")
 
     def in_flight(self) -> list[InFlight]:
         """The requests and WebSockets the app is handling now."""

@@ -32,7 +32,13 @@ from typing import Any, Literal, Protocol, Self, cast, get_args
 
 import pytest
 
-from uvicorn_testserver._errors import ServerExceptionsError, ServerStartupError, ServerStateError, format_exception
+from uvicorn_testserver._errors import (
+    ServerExceptionsError,
+    ServerStartupError,
+    ServerStateError,
+    error_is_of,
+    format_exception,
+)
 from uvicorn_testserver._logs import format_records
 from uvicorn_testserver._server import UvicornTestServer
 from uvicorn_testserver._settings import DEFAULTS, AppType, LogLevel, check_options, describe_app
@@ -237,7 +243,7 @@ def _marker_options(node: pytest.Item | pytest.Collector, base: Mapping[str, Any
                 f"@pytest.mark.uvicorn cannot set the app (on {node.nodeid}): override the uvicorn_app fixture, "
                 "or use uvicorn_server_factory(app)."
             )
-        options.update(marker.kwargs)
+        options.update({key: value for key, value in marker.kwargs.items() if key != "expect_errors"})
     if options != base:
         _check(options, f"@pytest.mark.uvicorn on {node.nodeid or 'the session'}")
     return options
@@ -290,8 +296,9 @@ class _Watch:
     created: list[_ManagedServer] = field(default_factory=list)
     errors: dict[_ManagedServer, list[BaseException]] = field(default_factory=dict)
     raised: set[int] = field(default_factory=set)  # ids of the errors the teardown failure shows
-    failure: ServerExceptionsError | None = None  # what the teardown check raised
+    failure: Exception | None = None  # what the teardown check raised
     raise_override: bool | None = None
+    expected: tuple[type[BaseException], ...] = ()  # from @pytest.mark.uvicorn_expect_errors
 
     def used(self, item: pytest.Item) -> list[_ManagedServer]:
         """Servers this test started, or received through a fixture (directly or via other fixtures)."""
@@ -358,8 +365,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "uvicorn(**options): options for the servers uvicorn-testserver's fixtures start for this test: host, "
         "health_path, startup_timeout, shutdown_timeout, log_level, raise_server_exceptions, or any uvicorn.Config "
-        "option. @pytest.mark.uvicorn(raise_server_exceptions=False) lets a test provoke app errors on purpose.",
+        "option. @pytest.mark.uvicorn(expect_errors=SomeError) lets a test provoke that app error on purpose (it then "
+        "fails if the error does not happen); raise_server_exceptions=False lets every app error through.",
     )
+
     _state(config)  # a bad option is a usage error now, not in the middle of the run
 
 
@@ -381,6 +390,10 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
     for marker in item.iter_markers("uvicorn"):  # the closest first
         if isinstance(marker.kwargs.get("raise_server_exceptions"), bool):
             watch.raise_override = marker.kwargs["raise_server_exceptions"]
+            break
+    for marker in item.iter_markers("uvicorn"):  # the closest first
+        if "expect_errors" in marker.kwargs:
+            watch.expected = _expected_types(item, marker.kwargs["expect_errors"])
             break
     result = yield
     for server in watch.used(item):
@@ -436,14 +449,29 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     return result
 
 
-def _teardown_failure(item: pytest.Item) -> ServerExceptionsError | None:
+def _expected_types(item: pytest.Item, value: Any) -> tuple[type[BaseException], ...]:
+    types = value if isinstance(value, tuple) else (value,)
+    if not types or not all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in types):
+        raise pytest.UsageError(
+            f"@pytest.mark.uvicorn(expect_errors=...) takes an exception class or a tuple of them (on "
+            f"{item.nodeid}), e.g. expect_errors=ZeroDivisionError; got {value!r}."
+        )
+    return types
+
+
+def _teardown_failure(item: pytest.Item) -> Exception | None:
     """The app errors of this test not reported yet, if the test is to fail for them."""
     watch = item.stash.get(_WATCH, None)
     if watch is None:
         return None
-    failures = []
+    failures: list[Exception] = []
+    expected_seen = False
     for server in watch.used(item):
         errors = watch.take_errors(server)
+        if watch.expected:
+            matching = {id(error) for error in errors if error_is_of(error, watch.expected)}
+            expected_seen = expected_seen or bool(matching)
+            errors = [error for error in errors if id(error) not in matching]
         if server.shared_options is not None and watch.raise_override is not None:
             raise_them = watch.raise_override
         else:
@@ -451,6 +479,11 @@ def _teardown_failure(item: pytest.Item) -> ServerExceptionsError | None:
         if errors and raise_them:
             failures.append(_exceptions_error(server, errors))
             watch.raised.update(id(error) for error in errors)
+    if watch.expected and not expected_seen:
+        names = " or ".join(kind.__name__ for kind in watch.expected)
+        failures.append(
+            AssertionError(f"@pytest.mark.uvicorn(expect_errors=...): the app raised no {names} in this test.")
+        )
     if not failures:
         return None
     for other in failures[1:]:
@@ -459,7 +492,15 @@ def _teardown_failure(item: pytest.Item) -> ServerExceptionsError | None:
 
 
 def _exceptions_error(server: _ManagedServer, errors: list[BaseException]) -> ServerExceptionsError:
-    error = ServerExceptionsError(errors, host=server.host, port=server.port, app=describe_app(server.app))
+    error = ServerExceptionsError(
+        errors,
+        served=[server.served_when_raised(error) for error in errors],
+        chained=False,  # the report shows this error's text alone: every traceback goes in it
+        url=server.base_url,
+        host=server.host,
+        port=server.port,
+        app=describe_app(server.app),
+    )
     hint = (
         "The test used this server while the app raised. For a test that provokes them on purpose: "
         "@pytest.mark.uvicorn(raise_server_exceptions=False). The server's log is in the 'uvicorn server log' section."
