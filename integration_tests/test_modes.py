@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import gc
+import logging
 import os
 import signal
 import threading
@@ -144,6 +145,20 @@ async def test_the_log_captures_app_records_and_access_lines(mode: str) -> None:
 
 @pytest.mark.asyncio
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("propagate", [True, False])
+async def test_propagate_logs_false_keeps_the_records_in_server_log_only(
+    mode: str, propagate: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with server(mode, log_level="info", propagate_logs=propagate) as live:
+        await live.client.get("/log?word=quiet")
+        live.settle()
+    assert "the app logged quiet" in live.log.text
+    assert ("the app logged quiet" in caplog.text) is propagate
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", MODES)
 async def test_streaming_and_websockets(mode: str) -> None:
     async with server(mode) as live:
         async with live.client.stream("GET", "/stream") as stream:
@@ -222,6 +237,22 @@ async def test_expect_errors_takes_the_expected_ones_and_lets_the_others_through
             await live.client.get("/")
     with pytest.raises(ServerExceptionsError, match=r"^[^\n]*ZeroDivisionError: division by zero in GET /divide\n"):
         await live.stop()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", MODES)
+async def test_in_flight_names_what_the_app_handles_and_wait_idle_waits_for_it(mode: str) -> None:
+    async with server(mode) as live:
+        assert live.in_flight() == []
+        request = asyncio.create_task(live.client.get("/slow?seconds=0.5"))
+        await _until_logged(live, "slow request started")
+        [busy] = await asyncio.to_thread(live.in_flight) if mode != "loop" else live.in_flight()
+        assert busy.startswith("GET /slow (running ")
+        with pytest.raises(TimeoutError, match=r"was not idle within 0\.01s: still handling GET /slow \(running"):
+            await live.wait_idle(0.01)
+        await live.wait_idle(WAIT)
+        assert live.in_flight() == []
+        assert (await request).status_code == 200
 
 
 # -- cancellation ----------------------------------------------------------------------------------

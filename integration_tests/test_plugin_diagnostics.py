@@ -481,3 +481,42 @@ def test_the_expect_errors_marker_scopes_expected_app_errors_to_one_test(
             "ERROR test_a.py::test_the_shared_server_still_reports_errors - *ZeroDivisionError: division by zero in*",
         ]
     )
+
+
+def test_a_request_left_in_flight_is_named_on_the_test_and_cut_after_a_short_grace(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nuvicorn_app = uvicorn_testserver.demo:app\nuvicorn_shutdown_timeout = 20\n")
+    pytester.makepyfile(
+        test_a="""
+            import socket
+
+            import requests
+
+            opened = []
+
+            def test_leaves_a_stream_open(fresh_uvicorn_server):
+                client = socket.create_connection(("127.0.0.1", fresh_uvicorn_server.port), timeout=30)
+                client.sendall(b"GET /events HTTP/1.1\\r\\nHost: test\\r\\n\\r\\n")
+                assert client.recv(4096).startswith(b"HTTP/1.1 200 OK")
+                opened.append(client)  # never closed: the server still streams at teardown
+
+            def test_closes_what_it_opens(fresh_uvicorn_server):
+                with requests.get(fresh_uvicorn_server.url("/events?count=2"), stream=True, timeout=30) as response:
+                    assert list(response.iter_lines())
+        """
+    )
+    result = pytester.runpytest_subprocess("--durations=0", "-p", "no:randomly")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*warnings summary*",
+            "test_a.py::test_leaves_a_stream_open",
+            "*InFlightWarning: test_a.py::test_leaves_a_stream_open ended with 1 request(s) still in flight on "
+            "http://127.0.0.1:* (cutting it after uvicorn_teardown_grace): GET /events (running *",
+        ]
+    )
+    assert "test_closes_what_it_opens\n  " not in result.stdout.str()  # only the leaking test is named
+    [teardown] = [
+        line for line in result.stdout.lines if line.endswith("teardown test_a.py::test_leaves_a_stream_open")
+    ]
+    seconds = float(teardown.split("s", 1)[0])
+    assert seconds < 10, teardown  # cut after the 0.5 s grace, not after shutdown_timeout=20

@@ -13,6 +13,7 @@ from typing import Any as _Any
 
 from uvicorn_testserver._errors import (
     ClientTimeoutError,
+    InFlightWarning,
     InvalidResponseTypeError,
     PortInUseError,
     ServerError,
@@ -23,7 +24,6 @@ from uvicorn_testserver._errors import (
     WebSocketClosedError,
 )
 from uvicorn_testserver._logs import ServerLog
-from uvicorn_testserver._server import ProcessServer, UvicornTestServer
 from uvicorn_testserver._settings import LogLevel
 
 if _TYPE_CHECKING:
@@ -31,14 +31,17 @@ if _TYPE_CHECKING:
     from uvicorn_testserver._client import AsyncTestClient
     from uvicorn_testserver._process import ChildAppError
     from uvicorn_testserver._response import AsyncTestResponse
+    from uvicorn_testserver._server import ProcessServer, UvicornTestServer
     from uvicorn_testserver._streaming import AsyncTestStream, EventStream, ServerSentEvent
     from uvicorn_testserver._websocket import WebSocketConfig, WebSocketHelper
 
 __version__ = _version("uvicorn-testserver")
 
-# The async API imports aiohttp, about 0.3 s; it loads on first use so that sync tests
-# and the pytest plugin do not pay for it.
+# The servers load on first use: the sync face imports uvicorn, the async API aiohttp and anyio
+# (about 0.3 s), and the pytest plugin, loaded in every run, imports this package.
 _LAZY = {
+    "ProcessServer": "_server",
+    "UvicornTestServer": "_server",
     "AsyncServerMode": "_async",
     "AsyncTestClient": "_client",
     "AsyncTestResponse": "_response",
@@ -82,6 +85,7 @@ __all__ = [
     "ChildAppError",
     "ClientTimeoutError",
     "EventStream",
+    "InFlightWarning",
     "InvalidResponseTypeError",
     "LogLevel",
     "PortInUseError",

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
+import anyio
 import sniffio
 
 from uvicorn_testserver import _bridge
@@ -91,6 +92,7 @@ class AsyncTestServer(LiveServer):
         shutdown_timeout: float = 5.0,
         raise_server_exceptions: bool = True,
         log_level: LogLevel = "warning",
+        propagate_logs: bool = True,
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         client_timeout: float | None = DEFAULT_TIMEOUT,
@@ -120,6 +122,7 @@ class AsyncTestServer(LiveServer):
             shutdown_timeout=shutdown_timeout,
             raise_server_exceptions=raise_server_exceptions,
             log_level=log_level,
+            propagate_logs=propagate_logs,
             uvicorn_options=uvicorn_options,
             env=env,
             cwd=cwd,
@@ -172,6 +175,15 @@ class AsyncTestServer(LiveServer):
             options.setdefault("ssl", self.ssl_context)
         return connect(self.ws_url + (path if path.startswith("/") else "/" + path), **options)
 
+    async def wait_idle(self, timeout: float = 5.0) -> None:
+        """Wait until the app handles no request or WebSocket, for example before a test resets a database.
+
+        Idle keep-alive connections do not count. Raises `TimeoutError` naming what is still
+        in flight after `timeout` seconds. Returns at once when the server is not running.
+        """
+        for pause in self._until_idle(timeout):
+            await anyio.sleep(pause)  # under trio too
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> Self:
@@ -203,8 +215,10 @@ class AsyncTestServer(LiveServer):
     def _client_ssl(self) -> Any:
         return self.ssl_context if self._core.settings.tls is not None else None
 
-    async def stop(self) -> None:
+    async def stop(self, *, shutdown_timeout: float | None = None) -> None:
         """Close the client and everything it opened, then stop the server. Idempotent.
+
+        `shutdown_timeout`, if given, is the grace of this stop for requests in flight.
 
         Never blocks the event loop. Raises `ServerShutdownError` if the server does not
         end within its bounds, then `ServerExceptionsError` if the app raised while
@@ -216,9 +230,9 @@ class AsyncTestServer(LiveServer):
                 await client.close()
         finally:
             if self.mode == "loop":
-                await self._core.stop_in_loop()
+                await self._core.stop_in_loop(shutdown_timeout)
             else:
-                await _bridge.stop(self._core)
+                await _bridge.stop(self._core, shutdown_timeout)
 
     async def __aenter__(self) -> Self:
         return await self.start()

@@ -39,9 +39,9 @@ async def start(core: ServerCore) -> None:
     outcome.result()
 
 
-async def stop(core: ServerCore) -> None:
+async def stop(core: ServerCore, shutdown_timeout: float | None = None) -> None:
     """`core.stop()` from async code; a cancellation lets the stop finish, then propagates."""
-    outcome, interrupted = await _in_worker(core.stop)
+    outcome, interrupted = await _in_worker(lambda: core.stop(shutdown_timeout))
     if interrupted is not None:
         await _until_done(outcome)
         raise interrupted

@@ -29,6 +29,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -154,9 +155,12 @@ def control_lifecycle(
     channel: Channel, core: ServerCore, main_thread: queue.SimpleQueue[Callable[[], None] | None]
 ) -> int:
     """Start, serve until the channel closes, stop; then release the main thread. Returns the exit code."""
-    closed, cancelled = threading.Event(), threading.Event()
+    closed, cancelled, grace = threading.Event(), threading.Event(), list[float]()
     threading.Thread(
-        target=watch_channel, args=(channel, core, closed, cancelled), name="uvicorn-testserver channel", daemon=True
+        target=watch_channel,
+        args=(channel, core, closed, cancelled, grace),
+        name="uvicorn-testserver channel",
+        daemon=True,
     ).start()
     try:
         try:
@@ -166,7 +170,7 @@ def control_lifecycle(
         channel.send("ready")
         closed.wait()
         try:
-            core.stop()
+            core.stop(grace[-1] if grace else None)
         except ServerShutdownError as exc:
             sys.stderr.write(f"uvicorn-testserver child {os.getpid()}: {exc}\n")
             sys.stderr.flush()
@@ -180,14 +184,22 @@ def control_lifecycle(
         main_thread.put(None)
 
 
-def watch_channel(channel: Channel, core: ServerCore, closed: threading.Event, cancelled: threading.Event) -> None:
-    """Answer pings until the channel closes, then say so (and abandon a start still in progress)."""
+def watch_channel(
+    channel: Channel, core: ServerCore, closed: threading.Event, cancelled: threading.Event, grace: list[float]
+) -> None:
+    """Answer pings (with what is in flight) until the channel closes, then say so (and abandon a start
+    still in progress). A ``{"stop": seconds}`` line before the close sets the stop's shutdown_timeout."""
     with contextlib.suppress(OSError, ValueError):
         for line in channel.reader:
             with contextlib.suppress(ValueError, KeyError, TypeError):
-                ping = int(json.loads(line)["ping"])
-                core.settle()
-                channel.send("pong", n=ping)
+                message = json.loads(line)
+                if "stop" in message:
+                    grace.append(float(message["stop"]))
+                    continue
+                ping = int(message["ping"])
+                now = time.monotonic()
+                in_flight = [(r.method, r.path, now - r.started) for r in core.in_flight()]  # settles first
+                channel.send("pong", n=ping, in_flight=in_flight)
     cancelled.set()
     core.abandon()
     closed.set()

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "ClientTimeoutError",
+    "InFlightWarning",
     "InvalidResponseTypeError",
     "PortInUseError",
     "ServerError",
@@ -156,6 +157,13 @@ class ClientTimeoutError(ServerError, TimeoutError):
 
 class WebSocketClosedError(ServerError):
     """A WebSocket was closed (by either side, or by a protocol error) when the test read or wrote."""
+
+
+class InFlightWarning(UserWarning):
+    """A test ended while the app was still handling a request or WebSocket (the pytest plugin warns).
+
+    A fixture's server then cuts it after a short grace (``uvicorn_teardown_grace``).
+    """
 
 
 class InvalidResponseTypeError(TypeError):

@@ -41,7 +41,7 @@ from uvicorn_testserver._errors import (
 )
 from uvicorn_testserver._logs import ServerLog, capture_into, harness_logger, install_capture, log_level_lease
 from uvicorn_testserver._settings import ServerSettings, connect_host
-from uvicorn_testserver._uvicorn import AppErrorSink, HarnessServer, StartupFailed
+from uvicorn_testserver._uvicorn import AppErrorSink, HarnessServer, InFlight, StartupFailed
 from uvicorn_testserver._wsgi import WSGIAdapter, WSGIFactory
 
 if TYPE_CHECKING:
@@ -97,8 +97,11 @@ class Run(Protocol):
     def is_alive(self) -> bool:
         """True while the server may still serve (not ended)."""
 
-    def ask_stop(self) -> None:
-        """Ask for a graceful stop (or to abandon a start in progress). Idempotent, any time after creation."""
+    def ask_stop(self, grace: float) -> None:
+        """Ask for a stop that gives requests in flight `grace` seconds (or abandon a start in progress).
+
+        Idempotent, any time after creation.
+        """
 
     def wait_ended(self, timeout: float) -> bool:
         """Wait until the run has ended; False when `timeout` passed."""
@@ -111,6 +114,9 @@ class Run(Protocol):
 
     def settle(self) -> None:
         """Wait (briefly, bounded) until the server has finished the step it is in, so `errors` are complete."""
+
+    def in_flight(self) -> list[InFlight]:
+        """The requests and WebSockets the app is handling now (after a `settle`)."""
 
     def problem(self) -> tuple[str, BaseException | None] | None:
         """After the run ended: why the end was not a clean stop (a sentence and the cause), or None."""
@@ -194,6 +200,7 @@ class ServerCore:
         self.log = ServerLog()
         self.log.drop_access_log = settings.uvicorn_options.get("access_log") is False
         self.log.level = settings.level
+        self.log.propagate = settings.propagate_logs
         self.app_errors: list[BaseException] = []
         self._served_when_raised: dict[int, str] = {}  # id(error) -> "GET /path"
         self._new_run = new_run
@@ -283,11 +290,12 @@ class ServerCore:
         with self._lock:
             self._drive(self._start_steps(cancelled))
 
-    def stop(self) -> None:
+    def stop(self, shutdown_timeout: float | None = None) -> None:
         """Stop the run (if any) and block until it has ended; release everything, then raise the app's
-        errors if told to. Idempotent. Interrupted (Ctrl-C), the run stays tracked for a later stop()."""
+        errors if told to. Idempotent. Interrupted (Ctrl-C), the run stays tracked for a later stop().
+        `shutdown_timeout` overrides the server's for this stop."""
         with self._lock:
-            self._drive(self._stop_steps())
+            self._drive(self._stop_steps(shutdown_timeout))
         self.raise_app_errors()
 
     async def start_in_loop(self) -> None:
@@ -298,10 +306,10 @@ class ServerCore:
         with self._held():
             await self._drive_in_loop(self._start_steps(None), abandon_on_cancel=True)
 
-    async def stop_in_loop(self) -> None:
+    async def stop_in_loop(self, shutdown_timeout: float | None = None) -> None:
         """`stop`, awaiting instead of blocking; a cancellation lets the stop finish, then propagates."""
         with self._held():
-            await self._drive_in_loop(self._stop_steps(), abandon_on_cancel=False)
+            await self._drive_in_loop(self._stop_steps(shutdown_timeout), abandon_on_cancel=False)
         self.raise_app_errors()
 
     @contextlib.contextmanager
@@ -411,7 +419,15 @@ class ServerCore:
         """From another thread: make a start in progress give up (its `cancelled` event is set first)."""
         run = self._run
         if run is not None and not self._running:
-            run.ask_stop()
+            run.ask_stop(self.settings.shutdown_timeout)
+
+    def in_flight(self) -> list[InFlight]:
+        """The requests and WebSockets the app is handling now."""
+        run = self._run
+        if run is None or not self._running:
+            return []
+        run.settle()
+        return run.in_flight()
 
     def _app_error(self, exc: BaseException, serving: str) -> None:
         self._served_when_raised[id(exc)] = serving
@@ -449,7 +465,7 @@ class ServerCore:
         try:
             run.launch()
             if cancelled is not None and cancelled.is_set():
-                run.ask_stop()
+                run.ask_stop(settings.shutdown_timeout)
             ready = yield WaitReady(max(0.0, deadline - time.monotonic()))
         except StartupFailed as exc:
             raise self._startup_error(f"failed to start: {exc.reason}", started_at, run, exc.reason) from exc.__cause__
@@ -541,7 +557,7 @@ class ServerCore:
             log_tail=self.log.tail(shown=errors),
         )
 
-    def _stop_steps(self) -> Steps:
+    def _stop_steps(self, shutdown_timeout: float | None = None) -> Steps:
         """Ask, wait, force, kill, give up; then release. Interrupted before the end, the run stays tracked."""
         sock, self._sock = self._sock, None
         if sock is not None:
@@ -550,15 +566,14 @@ class ServerCore:
         if run is None:
             return
         settings = self.settings
+        grace = settings.shutdown_timeout if shutdown_timeout is None else shutdown_timeout
         started_at = time.monotonic()
         self._running = False  # stopping: no longer running, but tracked until it has ended
-        run.ask_stop()
-        ended = yield WaitEnded(settings.shutdown_timeout + STOP_MARGIN + run.stop_budget)
+        run.ask_stop(grace)
+        ended = yield WaitEnded(grace + STOP_MARGIN + run.stop_budget)
         if not ended:
             with capture_into(self.log):
-                harness_logger.warning(
-                    "The server did not stop within shutdown_timeout=%ss; forcing its exit.", settings.shutdown_timeout
-                )
+                harness_logger.warning("The server did not stop within shutdown_timeout=%ss; forcing its exit.", grace)
             run.force()
             ended = yield WaitEnded(FORCE_GRACE)
             if not ended and run.kill():
@@ -571,7 +586,7 @@ class ServerCore:
                 elapsed = time.monotonic() - started_at
                 raise ServerShutdownError(
                     f"{self.describe()} did not stop within {elapsed:.1f}s (shutdown_timeout="
-                    f"{settings.shutdown_timeout}s, then a forced exit). Something blocks its event loop: a "
+                    f"{grace}s, then a forced exit). Something blocks its event loop: a "
                     f"synchronous sleep or blocking I/O in an async handler or in lifespan shutdown. "
                     f"{run.left_behind()}{run.diagnostics()}",
                     host=settings.host,
@@ -687,7 +702,8 @@ class Serving:
         with capture_into(self.log):
             await self.server.serve_on(self.sock, self.ready)
 
-    def ask_stop(self) -> None:
+    def ask_stop(self, grace: float) -> None:
+        self.server.config.timeout_graceful_shutdown = grace  # type: ignore[assignment]  # an int to uvicorn's types
         self.server.should_exit = True
         if not self.server.started:
             self.cancel()  # still starting (a startup that hangs): abort it
@@ -702,6 +718,18 @@ class Serving:
         if loop is not None and task is not None:
             with contextlib.suppress(RuntimeError):  # the loop is already closed
                 loop.call_soon_threadsafe(task.cancel)
+
+    def in_flight(self) -> list[InFlight]:
+        """The requests the app handles, read on the loop (from another thread: once it finished its step)."""
+        loop = self.loop
+        if loop is None or self.thread_id == threading.get_ident() or not loop.is_running():
+            return self.server.in_flight()
+        answer: concurrent.futures.Future[list[InFlight]] = concurrent.futures.Future()
+        try:
+            loop.call_soon_threadsafe(lambda: answer.set_result(self.server.in_flight()))
+            return answer.result(1.0)
+        except (RuntimeError, TimeoutError):  # the loop has just closed, or is blocked
+            return []
 
     def settle(self, timeout: float = 1.0) -> None:
         """Wait (up to `timeout`) until the loop finishes the step it is in; never from the loop's own thread."""
@@ -730,8 +758,8 @@ class ServingRun:
     _serving: Serving
     _forced = False
 
-    def ask_stop(self) -> None:
-        self._serving.ask_stop()
+    def ask_stop(self, grace: float) -> None:
+        self._serving.ask_stop(grace)
 
     def force(self) -> None:
         self._forced = True
@@ -742,6 +770,9 @@ class ServingRun:
 
     def settle(self) -> None:
         self._serving.settle()
+
+    def in_flight(self) -> list[InFlight]:
+        return self._serving.in_flight()
 
     def crash_problem(self, crash: BaseException | None, where: str) -> tuple[str, BaseException | None] | None:
         """`problem()` for a run whose `where` ended with `crash`."""
@@ -803,6 +834,11 @@ class LiveServer:
     def raise_server_exceptions(self) -> bool:
         """Whether `stop()` raises `ServerExceptionsError` for the app's unhandled exceptions."""
         return self._core.settings.raise_server_exceptions
+
+    @property
+    def propagate_logs(self) -> bool:
+        """Whether the server's records also reach the process's logging (pytest's ``caplog`` included)."""
+        return self._core.settings.propagate_logs
 
     @property
     def log_level(self) -> str:
@@ -889,6 +925,26 @@ class LiveServer:
     def log(self) -> ServerLog:
         """The log records this server emitted (see `ServerLog`)."""
         return self._core.log
+
+    def in_flight(self) -> list[str]:
+        """What the app is handling now, one line each: ``"GET /events (running 2.0s)"``.
+
+        Blocks briefly (see `settle`); empty when the server is not running.
+        """
+        now = time.monotonic()
+        return [request.describe(now) for request in self._core.in_flight()]
+
+    def _until_idle(self, timeout: float) -> Iterator[float]:
+        """The pauses of `wait_idle` (the faces sleep them their own way); `TimeoutError` at the deadline."""
+        deadline = time.monotonic() + timeout
+        delay = 0.001
+        while busy := self._core.in_flight():
+            if time.monotonic() + delay > deadline:
+                now = time.monotonic()
+                still = "; ".join(request.describe(now) for request in busy)
+                raise TimeoutError(f"{self!r} was not idle within {timeout}s: still handling {still}.")
+            yield delay
+            delay = min(delay * 2, 0.05)
 
     def served_when_raised(self, error: BaseException) -> str:
         """What the app was serving when it raised `error`, one of `errors` (``"GET /divide"``), or ''."""

@@ -53,6 +53,7 @@ class ServerLog:
         self._lock = threading.Lock()
         self.drop_access_log = False
         self.level = logging.NOTSET
+        self.propagate = True  # False: the records stay here, the process's handlers never see them
 
     def append(self, record: logging.LogRecord) -> None:
         with self._lock:
@@ -120,7 +121,7 @@ class _CaptureFilter(logging.Filter):
         if record.levelno < log.level or (log.drop_access_log and record.name == "uvicorn.access"):
             return False
         log.append(record)
-        return True
+        return log.propagate
 
 
 _filter = _CaptureFilter()

@@ -27,12 +27,14 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping
 from typing import IO, Any
 
 from uvicorn_testserver._lifecycle import FORCE_GRACE, Launch, StartupFailed
 from uvicorn_testserver._logs import LOGGER_NAMES
+from uvicorn_testserver._uvicorn import InFlight
 
 __all__ = ["EXIT_FORCED", "EXIT_STARTUP_FAILED", "ChildAppError", "ProcessRun"]
 
@@ -112,6 +114,7 @@ class ProcessRun:
         self._send_lock = threading.Lock()
         self._pong = threading.Condition()
         self._pings = self._pongs = 0
+        self._in_flight: list[InFlight] = []
         self._threads: list[threading.Thread] = []
         self._output = _Output()
         self._asked = False
@@ -227,8 +230,11 @@ class ProcessRun:
         elif kind == "app_error":
             self._launch.on_app_error(ChildAppError.from_event(event), str(event.get("serving", "")))
         elif kind == "pong":
+            now = time.monotonic()
+            in_flight = [InFlight(method, path, now - seconds) for method, path, seconds in event.get("in_flight", [])]
             with self._pong:
                 self._pongs = max(self._pongs, int(event["n"]))
+                self._in_flight = in_flight
                 self._pong.notify_all()
         elif kind == "ready" and not self._ready.done():
             self._ready.set_result(None)
@@ -262,7 +268,7 @@ class ProcessRun:
         if name in LOGGER_NAMES:
             self._launch.log.append(record)
         logger = logging.getLogger(name)
-        if logger.isEnabledFor(record.levelno):
+        if self._launch.log.propagate and logger.isEnabledFor(record.levelno):
             logger.handle(record)
 
     def _drain_output(self, stream: IO[bytes]) -> None:
@@ -284,10 +290,12 @@ class ProcessRun:
     def is_alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def ask_stop(self) -> None:
+    def ask_stop(self, grace: float) -> None:
         if not self._asked:
             self._asked = True
             self._died_while_serving = self._started() and not self.is_alive()
+            if grace != self._launch.settings.shutdown_timeout:
+                self._send(json.dumps({"stop": grace}))
         with contextlib.suppress(OSError):
             self._control.shutdown(socket.SHUT_WR)  # end-of-file on the channel: the child stops
 
@@ -325,6 +333,11 @@ class ProcessRun:
         self._send(json.dumps({"ping": ping}))
         with self._pong:
             self._pong.wait_for(lambda: self._pongs >= ping, _SETTLE_TIMEOUT)
+
+    def in_flight(self) -> list[InFlight]:
+        """What the child's last answer to a ping said (`settle` pings)."""
+        with self._pong:
+            return list(self._in_flight) if self.is_alive() else []
 
     def problem(self) -> tuple[str, BaseException | None] | None:
         assert self.process is not None or not self._started()

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
-from uvicorn_testserver import _bridge
 from uvicorn_testserver._errors import ServerStateError
 from uvicorn_testserver._lifecycle import LiveServer, ServerCore, errors_noted_on
 from uvicorn_testserver._process import ProcessRun
@@ -40,7 +40,8 @@ class UvicornTestServer(LiveServer):
     Use it as ``with UvicornTestServer(app) as server:``, ``async with ...`` (under
     asyncio or trio; start and stop run in a worker thread and never block the event
     loop), or call `start()` and `stop()` yourself. uvicorn's log is captured per server
-    in `log` and still reaches the process's own logging (pytest's ``caplog`` included).
+    in `log` and still reaches the process's own logging (pytest's ``caplog`` included),
+    unless ``propagate_logs=False`` keeps it in `log` alone.
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class UvicornTestServer(LiveServer):
         shutdown_timeout: float = 5.0,
         raise_server_exceptions: bool = True,
         log_level: LogLevel = "warning",
+        propagate_logs: bool = True,
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         **uvicorn_options: Any,
@@ -74,6 +76,7 @@ class UvicornTestServer(LiveServer):
             shutdown_timeout=shutdown_timeout,
             raise_server_exceptions=raise_server_exceptions,
             log_level=log_level,
+            propagate_logs=propagate_logs,
             uvicorn_options=uvicorn_options,
             env=env,
             cwd=cwd,
@@ -92,10 +95,11 @@ class UvicornTestServer(LiveServer):
         self._core.start()
         return self
 
-    def stop(self) -> None:
+    def stop(self, *, shutdown_timeout: float | None = None) -> None:
         """Stop the server and block until it has ended. Idempotent; safe before `start()`.
 
-        In-flight requests may finish for up to `shutdown_timeout` seconds; idle
+        In-flight requests may finish for up to `shutdown_timeout` seconds (the server's,
+        unless given here for this stop), then they are cut and the log says which; idle
         keep-alive and WebSocket connections are closed, lifespan shutdown runs, then
         the exit is forced if needed (see the README for the worst case per mode).
         Raises `ServerShutdownError` if it still does not end, or ended badly, and then,
@@ -103,7 +107,16 @@ class UvicornTestServer(LiveServer):
         serving, always after the server has fully stopped. If interrupted (Ctrl-C), the
         server stays tracked: call `stop()` again, or it is stopped at interpreter exit.
         """
-        self._core.stop()
+        self._core.stop(shutdown_timeout)
+
+    def wait_idle(self, timeout: float = 5.0) -> None:
+        """Block until the app handles no request or WebSocket, for example before a test resets a database.
+
+        Idle keep-alive connections do not count. Raises `TimeoutError` naming what is still
+        in flight after `timeout` seconds. Returns at once when the server is not running.
+        """
+        for pause in self._until_idle(timeout):
+            time.sleep(pause)
 
     def websocket_connect(self, path: str = "/", **options: Any) -> ClientConnection:
         """Open a WebSocket to `path` with the `websockets` library's synchronous client.
@@ -134,12 +147,16 @@ class UvicornTestServer(LiveServer):
             self.stop()
 
     async def __aenter__(self) -> Self:
+        from uvicorn_testserver import _bridge  # anyio: only for async tests
+
         await _bridge.start(self._core)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
+        from uvicorn_testserver import _bridge
+
         with errors_noted_on(exc):
             await _bridge.stop(self._core)
 

@@ -9,6 +9,7 @@ served (a WSGI app wrapped for a2wsgi, a throw-away CA made for ``ssl=True``).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -16,15 +17,17 @@ import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
-import uvicorn
+if TYPE_CHECKING:
+    from uvicorn_testserver._tls import ServerTLS
 
-from uvicorn_testserver._tls import ServerTLS, server_tls
-from uvicorn_testserver._wsgi import serve_app
+# uvicorn, ssl (for ssl=True) and a2wsgi (for WSGI apps) load when a server is built, not on import:
+# the pytest plugin reads its options with this module, and must cost nothing to a suite that never uses it.
 
 __all__ = [
     "DEFAULTS",
+    "FACE_ONLY",
     "LEVELS",
     "MODES",
     "AppType",
@@ -65,6 +68,7 @@ DEFAULTS: dict[str, Any] = {
     "shutdown_timeout": 5.0,
     "raise_server_exceptions": True,
     "log_level": "warning",
+    "propagate_logs": True,
 }
 
 #: uvicorn.Config options that make no sense for a test server, and why.
@@ -85,7 +89,15 @@ REJECTED_OPTIONS: dict[str, str] = {
     "log_level": "pass log_level as an argument of the server",
 }
 
-_CONFIG_PARAMETERS = frozenset(inspect.signature(uvicorn.Config.__init__).parameters) - {"self"}
+#: The options of a face that are neither settings with a default nor uvicorn's.
+FACE_ONLY = frozenset({"mode", "env", "cwd"})
+
+
+@functools.cache
+def _config_parameters() -> tuple[frozenset[str], str]:
+    import uvicorn
+
+    return frozenset(inspect.signature(uvicorn.Config.__init__).parameters) - {"self"}, uvicorn.__version__
 
 
 def check_uvicorn_options(options: Mapping[str, Any]) -> None:
@@ -93,11 +105,10 @@ def check_uvicorn_options(options: Mapping[str, Any]) -> None:
     for name in options:
         if name in REJECTED_OPTIONS:
             raise TypeError(f"uvicorn-testserver does not accept {name!r}: {REJECTED_OPTIONS[name]}.")
-        if name not in _CONFIG_PARAMETERS:
-            known = ", ".join(sorted(_CONFIG_PARAMETERS - REJECTED_OPTIONS.keys()))
-            raise TypeError(
-                f"{name!r} is not an option of uvicorn.Config {uvicorn.__version__}; known options: {known}."
-            )
+        parameters, version = _config_parameters()
+        if name not in parameters:
+            known = ", ".join(sorted(parameters - REJECTED_OPTIONS.keys()))
+            raise TypeError(f"{name!r} is not an option of uvicorn.Config {version}; known options: {known}.")
 
 
 def describe_app(app: AppType) -> str:
@@ -128,6 +139,7 @@ class ServerSettings:
     shutdown_timeout: float
     raise_server_exceptions: bool
     log_level: LogLevel
+    propagate_logs: bool
     uvicorn_options: dict[str, Any]
     served_app: Any
     served_options: dict[str, Any]
@@ -149,6 +161,7 @@ class ServerSettings:
         raise_server_exceptions: bool,
         log_level: LogLevel,
         uvicorn_options: Mapping[str, Any],
+        propagate_logs: bool = True,
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
     ) -> ServerSettings:
@@ -169,14 +182,23 @@ class ServerSettings:
             shutdown_timeout=shutdown_timeout,
             raise_server_exceptions=raise_server_exceptions,
             log_level=log_level,
+            propagate_logs=propagate_logs,
             options=options,
             env=env,
             cwd=cwd,
         )
         _check_app_for_mode(mode, app)
-        tls = server_tls(ssl, options, host)
-        # A process-mode child imports the app and wraps a WSGI app itself.
-        served_app, served_options = (app, options) if mode == "process" else serve_app(app, options)
+        tls = None
+        if ssl:
+            from uvicorn_testserver._tls import server_tls
+
+            tls = server_tls(ssl, options, host)
+        if mode == "process":  # the child imports the app and wraps a WSGI app itself
+            served_app, served_options = app, options
+        else:
+            from uvicorn_testserver._wsgi import serve_app
+
+            served_app, served_options = serve_app(app, options)
         return cls(
             app=app,
             mode=mode,
@@ -188,6 +210,7 @@ class ServerSettings:
             shutdown_timeout=shutdown_timeout,
             raise_server_exceptions=raise_server_exceptions,
             log_level=log_level,
+            propagate_logs=propagate_logs,
             uvicorn_options=options,
             served_app=served_app,
             served_options=served_options,
@@ -218,7 +241,7 @@ def check_options(options: Mapping[str, Any]) -> None:
     plugin to report ini and marker options as usage errors.
     """
     harness = {name: options.get(name, default) for name, default in DEFAULTS.items()}
-    extra = {name: value for name, value in options.items() if name not in DEFAULTS and name not in _FACE_ONLY}
+    extra = {name: value for name, value in options.items() if name not in DEFAULTS and name not in FACE_ONLY}
     _check_values(
         mode=options.get("mode", "thread"),
         options=extra,
@@ -226,10 +249,6 @@ def check_options(options: Mapping[str, Any]) -> None:
         cwd=options.get("cwd"),
         **harness,
     )
-
-
-#: Options of a face that are neither settings nor uvicorn's.
-_FACE_ONLY = frozenset({"mode", "env", "cwd"})
 
 
 def _check_values(
@@ -243,6 +262,7 @@ def _check_values(
     shutdown_timeout: Any,
     raise_server_exceptions: Any,
     log_level: Any,
+    propagate_logs: Any,
     options: dict[str, Any],
     env: Any,
     cwd: Any,
@@ -263,6 +283,7 @@ def _check_values(
             raise ValueError(f"{name} must be a positive number of seconds, not {value!r}.")
     _of_type("raise_server_exceptions", raise_server_exceptions, bool, "True or False")
     _one_of("log_level", log_level, tuple(LEVELS))
+    _of_type("propagate_logs", propagate_logs, bool, "True or False")
     check_uvicorn_options(options)
     _check_mode(mode, options, env, cwd)
 

@@ -24,15 +24,17 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
+import sys
+import warnings
 from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import version
-from typing import Any, Literal, Protocol, Self, cast, get_args
+from importlib.metadata import PackageNotFoundError, requires, version
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, get_args
 
 import pytest
 
 from uvicorn_testserver._errors import (
+    InFlightWarning,
     ServerExceptionsError,
     ServerStartupError,
     ServerStateError,
@@ -40,20 +42,17 @@ from uvicorn_testserver._errors import (
     format_exception,
 )
 from uvicorn_testserver._logs import format_records
-from uvicorn_testserver._server import UvicornTestServer
 from uvicorn_testserver._settings import DEFAULTS, AppType, LogLevel, check_options, describe_app
+
+if TYPE_CHECKING:
+    from uvicorn_testserver._managed import ManagedServer
+    from uvicorn_testserver._server import UvicornTestServer
 
 __all__ = ["ServerScope", "UvicornServerFactory"]
 
 ServerScope = Literal["session", "package", "module", "function"]
 _SCOPES: tuple[str, ...] = get_args(ServerScope)
 _LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
-#: Keyword options of UvicornTestServer itself; the others go to uvicorn.Config.
-_HARNESS_OPTIONS = frozenset(inspect.signature(UvicornTestServer.__init__).parameters) - {
-    "self",
-    "app",
-    "uvicorn_options",
-}
 #: The harness options that have an ini option (uvicorn_<name>) of their own.
 _INI_TWINS = frozenset(
     {"host", "health_path", "startup_timeout", "shutdown_timeout", "log_level", "raise_server_exceptions"}
@@ -103,6 +102,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="SECONDS",
     )
     add(
+        "uvicorn_teardown_grace",
+        "Seconds a test's own server gives requests the test left in flight before it cuts them at the test's "
+        "teardown, with a warning naming them (default 0.5). A shared server only warns.",
+        metavar="SECONDS",
+    )
+    add(
         "uvicorn_shutdown_timeout",
         f"Seconds a plugin server may take to stop (default {DEFAULTS['shutdown_timeout']:g}).",
         metavar="SECONDS",
@@ -135,6 +140,7 @@ class _Settings:
     app: str | None
     scope: ServerScope
     server_options: dict[str, Any]
+    teardown_grace: float = 0.5
 
 
 def _read_settings(config: pytest.Config) -> _Settings:
@@ -174,7 +180,8 @@ def _read_settings(config: pytest.Config) -> _Settings:
             )
         options[key] = value
     _check(options, "uvicorn_options")
-    return _Settings(app=app, scope=cast(ServerScope, scope), server_options=options)
+    grace = _positive_seconds("uvicorn_teardown_grace", get("uvicorn_teardown_grace") or 0.5)
+    return _Settings(app=app, scope=cast(ServerScope, scope), server_options=options, teardown_grace=grace)
 
 
 def _positive_seconds(name: str, value: Any) -> float:
@@ -256,60 +263,28 @@ def _server_scope(fixture_name: str, config: pytest.Config) -> ServerScope:
 # -- the servers the plugin owns ---------------------------------------------------------------
 
 
-class _ManagedServer(UvicornTestServer):
-    """A server started by a plugin fixture; the plugin reports its app errors test by test."""
-
-    def __init__(self, app: AppType, **options: Any) -> None:
-        super().__init__(app, **options)
-        self.errors_taken = 0  # how many of `errors` a test has already been told about
-        self.shared_options: dict[str, Any] | None = None  # the options of a uvicorn_server, which tests share
-
-    def start(self) -> Self:
-        self.errors_taken = 0  # start() clears `errors`
-        return super().start()
-
-    def stop(self) -> None:
-        try:
-            super().stop()
-        except ServerExceptionsError:
-            self.errors_taken = len(self.errors)  # raised into the test: it knows
-            raise
-
-    def stop_quietly(self) -> None:
-        """Stop without raising the app's errors: the plugin reports them for the test they happened in."""
-        with contextlib.suppress(ServerExceptionsError):
-            UvicornTestServer.stop(self)
-
-    def take_errors(self) -> list[BaseException]:
-        """The app errors not reported to any test yet; they count as reported from now on."""
-        errors = self.errors
-        new = errors[min(self.errors_taken, len(errors)) :]
-        self.errors_taken = len(errors)
-        return new
-
-
 @dataclass(eq=False)
 class _Watch:
     """What the plugin knows about the servers around one test."""
 
-    log_marks: dict[_ManagedServer, int] = field(default_factory=dict)
-    created: list[_ManagedServer] = field(default_factory=list)
-    errors: dict[_ManagedServer, list[BaseException]] = field(default_factory=dict)
+    log_marks: dict[ManagedServer, int] = field(default_factory=dict)
+    created: list[ManagedServer] = field(default_factory=list)
+    errors: dict[ManagedServer, list[BaseException]] = field(default_factory=dict)
     raised: set[int] = field(default_factory=set)  # ids of the errors the teardown failure shows
     failure: Exception | None = None  # what the teardown check raised
     raise_override: bool | None = None
     expected: tuple[type[BaseException], ...] = ()  # from @pytest.mark.uvicorn_expect_errors
 
-    def used(self, item: pytest.Item) -> list[_ManagedServer]:
+    def used(self, item: pytest.Item) -> list[ManagedServer]:
         """Servers this test started, or received through a fixture (directly or via other fixtures)."""
         used = list(self.created)
         funcargs = getattr(item, "funcargs", {})
         for value in funcargs.values():
-            if isinstance(value, _ManagedServer) and value not in used:
+            if _is_managed(value) and value not in used:
                 used.append(value)
         return used
 
-    def take_errors(self, server: _ManagedServer) -> list[BaseException]:
+    def take_errors(self, server: ManagedServer) -> list[BaseException]:
         new = server.take_errors()
         self.errors.setdefault(server, []).extend(new)
         return new
@@ -318,11 +293,11 @@ class _Watch:
 @dataclass(eq=False)
 class _State:
     settings: _Settings
-    live: dict[_ManagedServer, None] = field(default_factory=dict)
+    live: dict[ManagedServer, None] = field(default_factory=dict)
     current: _Watch | None = None
 
-    def start(self, app: AppType, options: dict[str, Any]) -> _ManagedServer:
-        server = _ManagedServer(app, **options)
+    def start(self, app: AppType, options: dict[str, Any]) -> ManagedServer:
+        server = _managed_server_class()(app, **options)
         if self.current is not None:
             self.current.created.append(server)
             self.current.log_marks[server] = 0
@@ -336,14 +311,58 @@ class _State:
         self.live[server] = None
         return server
 
-    def stop(self, server: _ManagedServer) -> None:
+    def stop(self, server: ManagedServer, test: str | None = None) -> None:
+        """Stop `server`; at the end of `test` (a function-scoped server), warn about and cut what is in flight."""
         self.live.pop(server, None)
         watch = self.current
         if watch is not None and server not in watch.log_marks:
             # A shared server stopped at the end of a test that did not use it: its last errors are this test's.
             watch.log_marks[server] = server.log.mark()
             watch.created.append(server)
-        server.stop_quietly()
+        grace = self.settings.teardown_grace if test is not None and _warn_in_flight(server, test, cut=True) else None
+        server.stop_quietly(grace)
+
+
+def _warn_in_flight(server: ManagedServer, test: str, *, cut: bool) -> bool:
+    """Warn, attached to `test`, if the app still handles requests it started; True if it does."""
+    busy = server.in_flight()
+    if busy:
+        what = f"cutting {'it' if len(busy) == 1 else 'them'} after uvicorn_teardown_grace" if cut else "shared server"
+        warnings.warn(
+            InFlightWarning(
+                f"{test} ended with {len(busy)} request(s) still in flight on {server.base_url} ({what}): "
+                f"{'; '.join(busy)}. Close what the test opened, or wait for it with server.wait_idle()."
+            ),
+            stacklevel=1,
+        )
+    return bool(busy)
+
+
+def _managed_server_class() -> type[ManagedServer]:
+    """The server class, imported when a fixture first needs one: loading the plugin imports no uvicorn."""
+    __tracebackhide__ = True
+    try:
+        from uvicorn_testserver._managed import ManagedServer
+    except ImportError as exc:
+        raise RuntimeError(_unsupported_uvicorn(exc)) from exc
+    return ManagedServer
+
+
+def _is_managed(value: object) -> bool:
+    managed = sys.modules.get("uvicorn_testserver._managed")  # not imported: no fixture made a server
+    return managed is not None and isinstance(value, managed.ManagedServer)
+
+
+def _unsupported_uvicorn(exc: ImportError) -> str:
+    try:
+        installed = f"uvicorn {version('uvicorn')} is installed"
+    except PackageNotFoundError:
+        installed = "uvicorn is not installed"
+    wanted = next((req for req in requires("uvicorn-testserver") or [] if req.startswith("uvicorn")), "uvicorn")
+    return (
+        f"uvicorn-testserver's fixtures need {wanted!r}, and {installed}: {exc}. Install a supported release, "
+        f"e.g. pip install {wanted!r}."
+    )
 
 
 _STATE = pytest.StashKey[_State]()
@@ -374,7 +393,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> str:
     settings = _state(config).settings
-    line = f"uvicorn-testserver {version('uvicorn-testserver')}, uvicorn {version('uvicorn')}"
+    try:
+        uvicorn = f"uvicorn {version('uvicorn')}"
+    except PackageNotFoundError:
+        uvicorn = "uvicorn not installed"
+    line = f"uvicorn-testserver {version('uvicorn-testserver')}, {uvicorn}"
     if settings.app is not None:
         line += f", uvicorn_app: {settings.app}"
     return line + f", uvicorn_server scope: {settings.scope}"
@@ -406,6 +429,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
 @pytest.hookimpl(wrapper=True, trylast=True)
 def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     # trylast: inside pytest's log capture, so what the server logs at the end of the test is in "Captured log call".
+    __tracebackhide__ = True  # never shown in the failure of a test, least of all one that used no server
     try:
         return (yield)
     finally:
@@ -433,6 +457,14 @@ def _check_shared(item: pytest.Item, state: _State, started_with: dict[str, Any]
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     __tracebackhide__ = True  # the failure is the app's: show its traceback, not this hook
     state = _state(item.config)
+    watch = item.stash.get(_WATCH, None)
+    if watch is not None and state.settings.scope != "function":
+        for server in watch.used(item):
+            if server.shared_options is not None and server.is_running:  # a shared server, which is not cut
+                try:
+                    server.wait_idle(state.settings.teardown_grace)
+                except TimeoutError:
+                    _warn_in_flight(server, item.nodeid, cut=False)
     try:
         result = yield
     except BaseException as teardown_error:
@@ -491,7 +523,7 @@ def _teardown_failure(item: pytest.Item) -> Exception | None:
     return failures[0]
 
 
-def _exceptions_error(server: _ManagedServer, errors: list[BaseException]) -> ServerExceptionsError:
+def _exceptions_error(server: ManagedServer, errors: list[BaseException]) -> ServerExceptionsError:
     error = ServerExceptionsError(
         errors,
         served=[server.served_when_raised(error) for error in errors],
@@ -528,7 +560,7 @@ def pytest_runtest_makereport(
     return report
 
 
-def _section(server: _ManagedServer, log_mark: int, errors: list[BaseException], raised: set[int]) -> tuple[str, str]:
+def _section(server: ManagedServer, log_mark: int, errors: list[BaseException], raised: set[int]) -> tuple[str, str]:
     """A report section: what `server` logged during the test, then the app's errors with their tracebacks.
 
     Each traceback is shown once: after the log, or in the failure above it if the
@@ -595,7 +627,7 @@ def uvicorn_server(request: pytest.FixtureRequest, uvicorn_app: AppType) -> Iter
     server = state.start(uvicorn_app, options)
     server.shared_options = options
     yield server
-    state.stop(server)
+    state.stop(server, request.node.nodeid if request.scope == "function" else None)
 
 
 @pytest.fixture
@@ -605,7 +637,7 @@ def fresh_uvicorn_server(request: pytest.FixtureRequest, uvicorn_app: AppType) -
     state = _state(request.config)
     server = state.start(uvicorn_app, _marker_options(request.node, state.settings.server_options))
     yield server
-    state.stop(server)
+    state.stop(server, request.node.nodeid)
 
 
 @pytest.fixture
@@ -617,7 +649,7 @@ def uvicorn_server_factory(request: pytest.FixtureRequest) -> Iterator[UvicornSe
     """
     state = _state(request.config)
     defaults = _marker_options(request.node, state.settings.server_options)
-    made: list[_ManagedServer] = []
+    made: list[ManagedServer] = []
 
     def factory(app: AppType, /, **options: Any) -> UvicornTestServer:
         server = state.start(app, {**defaults, **options})
@@ -628,7 +660,7 @@ def uvicorn_server_factory(request: pytest.FixtureRequest) -> Iterator[UvicornSe
     failures: list[BaseException] = []
     for server in reversed(made):
         try:
-            state.stop(server)
+            state.stop(server, request.node.nodeid)
         except Exception as exc:  # noqa: BLE001 - every server must be stopped; the first error is raised below
             failures.append(exc)
     if failures:

@@ -1,0 +1,47 @@
+"""`ManagedServer`: a `UvicornTestServer` started by a fixture of the pytest plugin (`uvicorn_testserver.plugin`).
+
+Imported when a fixture first needs a server, so that loading the plugin imports no uvicorn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Self
+
+from uvicorn_testserver._errors import ServerExceptionsError
+from uvicorn_testserver._server import UvicornTestServer
+from uvicorn_testserver._settings import AppType
+
+__all__ = ["ManagedServer"]
+
+
+class ManagedServer(UvicornTestServer):
+    """A server started by a plugin fixture; the plugin reports its app errors test by test."""
+
+    def __init__(self, app: AppType, **options: Any) -> None:
+        super().__init__(app, **options)
+        self.errors_taken = 0  # how many of `errors` a test has already been told about
+        self.shared_options: dict[str, Any] | None = None  # the options of a uvicorn_server, which tests share
+
+    def start(self) -> Self:
+        self.errors_taken = 0  # start() clears `errors`
+        return super().start()
+
+    def stop(self, *, shutdown_timeout: float | None = None) -> None:
+        try:
+            super().stop(shutdown_timeout=shutdown_timeout)
+        except ServerExceptionsError:
+            self.errors_taken = len(self.errors)  # raised into the test: it knows
+            raise
+
+    def stop_quietly(self, shutdown_timeout: float | None = None) -> None:
+        """Stop without raising the app's errors: the plugin reports them for the test they happened in."""
+        with contextlib.suppress(ServerExceptionsError):
+            UvicornTestServer.stop(self, shutdown_timeout=shutdown_timeout)
+
+    def take_errors(self) -> list[BaseException]:
+        """The app errors not reported to any test yet; they count as reported from now on."""
+        errors = self.errors
+        new = errors[min(self.errors_taken, len(errors)) :]
+        self.errors_taken = len(errors)
+        return new
