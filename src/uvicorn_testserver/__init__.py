@@ -35,7 +35,6 @@ if _TYPE_CHECKING:
     from uvicorn_testserver._streaming import AsyncTestStream, EventStream, ServerSentEvent
     from uvicorn_testserver._websocket import WebSocketConfig, WebSocketHelper
 
-__version__ = _version("uvicorn-testserver")
 
 # The servers load on first use: the sync face imports uvicorn, the async API aiohttp and anyio
 # (about 0.3 s), and the pytest plugin, loaded in every run, imports this package.
@@ -64,6 +63,9 @@ def _public(value: _Any) -> _Any:
 
 
 def __getattr__(name: str) -> _Any:
+    if name == "__version__":  # read from the installed metadata on first use, not at every import
+        value = globals()["__version__"] = _version("uvicorn-testserver")
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -73,7 +75,7 @@ def __getattr__(name: str) -> _Any:
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+    return sorted({*globals(), *_LAZY, "__version__"})
 
 
 __all__ = [

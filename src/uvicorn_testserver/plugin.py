@@ -27,7 +27,6 @@ import copy
 import sys
 import warnings
 from collections.abc import Generator, Iterator, Mapping
-from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, requires, version
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, get_args
 
@@ -133,14 +132,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 _INI_DEFAULTS: dict[str, Any] = {"uvicorn_raise_server_exceptions": True, "uvicorn_options": []}
 
 
-@dataclass(frozen=True)
 class _Settings:
-    """The ini / command-line options, checked."""
+    """The ini / command-line options, checked. (Plain classes here: the plugin loads in every pytest run.)"""
 
-    app: str | None
-    scope: ServerScope
-    server_options: dict[str, Any]
-    teardown_grace: float = 0.5
+    def __init__(
+        self, app: str | None, scope: ServerScope, server_options: dict[str, Any], teardown_grace: float
+    ) -> None:
+        self.app = app
+        self.scope = scope
+        self.server_options = server_options
+        self.teardown_grace = teardown_grace
 
 
 def _read_settings(config: pytest.Config) -> _Settings:
@@ -263,17 +264,17 @@ def _server_scope(fixture_name: str, config: pytest.Config) -> ServerScope:
 # -- the servers the plugin owns ---------------------------------------------------------------
 
 
-@dataclass(eq=False)
 class _Watch:
     """What the plugin knows about the servers around one test."""
 
-    log_marks: dict[ManagedServer, int] = field(default_factory=dict)
-    created: list[ManagedServer] = field(default_factory=list)
-    errors: dict[ManagedServer, list[BaseException]] = field(default_factory=dict)
-    raised: set[int] = field(default_factory=set)  # ids of the errors the teardown failure shows
-    failure: Exception | None = None  # what the teardown check raised
-    raise_override: bool | None = None
-    expected: tuple[type[BaseException], ...] = ()  # from @pytest.mark.uvicorn_expect_errors
+    def __init__(self, log_marks: dict[ManagedServer, int]) -> None:
+        self.log_marks = log_marks
+        self.created: list[ManagedServer] = []
+        self.errors: dict[ManagedServer, list[BaseException]] = {}
+        self.raised: set[int] = set()  # ids of the errors the teardown failure shows
+        self.failure: Exception | None = None  # what the teardown check raised
+        self.raise_override: bool | None = None
+        self.expected: tuple[type[BaseException], ...] = ()  # from @pytest.mark.uvicorn(expect_errors=...)
 
     def used(self, item: pytest.Item) -> list[ManagedServer]:
         """Servers this test started, or received through a fixture (directly or via other fixtures)."""
@@ -290,11 +291,11 @@ class _Watch:
         return new
 
 
-@dataclass(eq=False)
 class _State:
-    settings: _Settings
-    live: dict[ManagedServer, None] = field(default_factory=dict)
-    current: _Watch | None = None
+    def __init__(self, settings: _Settings) -> None:
+        self.settings = settings
+        self.live: dict[ManagedServer, None] = {}
+        self.current: _Watch | None = None
 
     def start(self, app: AppType, options: dict[str, Any]) -> ManagedServer:
         server = _managed_server_class()(app, **options)
