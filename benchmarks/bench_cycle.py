@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import logging
+import statistics
 import threading
 import time
 
@@ -94,6 +96,44 @@ def loop_mode_cycles(loop: asyncio.AbstractEventLoop, count: int) -> list[float]
     return loop.run_until_complete(run())
 
 
+def test_cycle_harness(phases: dict[str, list[float]]) -> float:
+    """A test's worth of work: start, one stdlib GET on a fresh connection, stop. Records each phase."""
+    started = time.perf_counter()
+    server = UvicornTestServer(app).start()
+    ready = time.perf_counter()
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("GET", "/")
+    assert connection.getresponse().read() == b"hello"
+    connection.close()
+    answered = time.perf_counter()
+    server.stop()
+    stopped = time.perf_counter()
+    phases["start"].append(ready - started)
+    phases["request"].append(answered - ready)
+    phases["stop"].append(stopped - answered)
+    return stopped - started
+
+
+def test_cycle_aiohttp() -> float:
+    """The same for aiohttp's in-loop TestServer: asyncio.run of start, one GET with its own session, close."""
+
+    async def hello_handler(request: web.Request) -> web.Response:
+        return web.Response(text="hello")
+
+    async def cycle() -> None:
+        web_app = web.Application()
+        web_app.router.add_get("/", hello_handler)
+        server = TestServer(web_app)
+        await server.start_server()
+        async with aiohttp.ClientSession() as session, session.get(server.make_url("/")) as response:
+            assert await response.text() == "hello"
+        await server.close()
+
+    started = time.perf_counter()
+    asyncio.run(cycle())
+    return time.perf_counter() - started
+
+
 def request_rate_requests(base_url: str, count: int) -> float:
     with requests.Session() as session:
         session.get(base_url).raise_for_status()  # open the keep-alive connection
@@ -128,11 +168,25 @@ def main() -> None:
     cycles: dict[str, list[float]] = {
         name: [] for name in ("harness", "loop", "process", "naive", "aiohttp", "aiohttp-thread", "starlette")
     }
+    test_cycles: dict[str, list[float]] = {"harness": [], "aiohttp": []}
+    phases: dict[str, list[float]] = {"start": [], "request": [], "stop": []}
+    round_ratios: list[float] = []
     rates: dict[str, list[float]] = {
         f"{server}/{client}": [] for server in ("harness", "bare") for client in ("requests", "aiohttp")
     }
     cycle_harness()  # warm up imports and protocol classes
+    for _ in range(5):  # warm both
+        test_cycle_harness({"start": [], "request": [], "stop": []})
+        test_cycle_aiohttp()
     for round_number in range(rounds):
+        # A test's worth of work, interleaved case by case within the round.
+        harness_round, aiohttp_round = [], []
+        for _ in range(fast):
+            harness_round.append(test_cycle_harness(phases))
+            aiohttp_round.append(test_cycle_aiohttp())
+        test_cycles["harness"] += harness_round
+        test_cycles["aiohttp"] += aiohttp_round
+        round_ratios.append(statistics.median(harness_round) / statistics.median(aiohttp_round))
         cycles["harness"] += sample(cycle_harness, fast)
         cycles["loop"] += loop_mode_cycles(loop, fast)
         cycles["process"] += sample(cycle_process, slow)
@@ -172,6 +226,29 @@ def main() -> None:
             for name, s in stats.items()
         ],
     )
+    test_stats = {name: summary(values) for name, values in test_cycles.items()}
+    print_table(
+        "A test's worth of work: start, one GET on a fresh connection, stop (lower is better)",
+        ["contender", "runs", "median ms", "p10 ms", "p90 ms"],
+        [
+            ["UvicornTestServer (stdlib http.client GET)", *_row(test_stats["harness"])],
+            ["aiohttp TestServer (asyncio.run, its own ClientSession)", *_row(test_stats["aiohttp"])],
+        ],
+    )
+    print_table(
+        "UvicornTestServer's phases in that cycle, and the ratio to aiohttp per round",
+        ["start ms", "first request ms", "stop ms", "ratio (median of per-round medians)", "min", "max"],
+        [
+            [
+                statistics.median(phases["start"]) * 1000,
+                statistics.median(phases["request"]) * 1000,
+                statistics.median(phases["stop"]) * 1000,
+                statistics.median(round_ratios),
+                min(round_ratios),
+                max(round_ratios),
+            ]
+        ],
+    )
     medians = {name: sorted(values)[len(values) // 2] for name, values in rates.items()}
     print_table(
         "Requests per second over one keep-alive connection (higher is better)",
@@ -186,8 +263,22 @@ def main() -> None:
             for client in ("requests", "aiohttp")
         ],
     )
-    path = write_json("cycle", {"cycles": stats, "request_rates": rates, "request_rate_medians": medians})
+    path = write_json(
+        "cycle",
+        {
+            "cycles": stats,
+            "test_cycles": test_stats,
+            "test_cycle_phases_ms": {name: statistics.median(values) * 1000 for name, values in phases.items()},
+            "test_cycle_round_ratios": round_ratios,
+            "request_rates": rates,
+            "request_rate_medians": medians,
+        },
+    )
     print(f"\nJSON: {path}")
+
+
+def _row(stats: dict[str, float]) -> list[object]:
+    return [stats["runs"], stats["median_ms"], stats["p10_ms"], stats["p90_ms"]]
 
 
 if __name__ == "__main__":
