@@ -151,49 +151,34 @@ class ServerSettings:
         cls,
         app: AppType,
         *,
-        mode: Mode,
-        host: str,
-        port: int,
-        ssl: bool,
-        health_path: str | None,
-        startup_timeout: float,
-        shutdown_timeout: float,
-        raise_server_exceptions: bool,
-        log_level: LogLevel,
         uvicorn_options: Mapping[str, Any],
-        propagate_logs: bool = True,
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
+        **chosen: Any,
     ) -> ServerSettings:
-        """Check every option; raise `TypeError` / `ValueError` naming the option and what it accepts."""
+        """Check every option; raise `TypeError` / `ValueError` naming the option and what it accepts.
+
+        `chosen` are the options named in `DEFAULTS` (plus ``mode``), as a face was given them.
+        """
         if not isinstance(app, str) and not callable(app):
             raise TypeError(
                 f"app must be an ASGI application or an import string like 'package.module:app', "
                 f"not {type(app).__name__}."
             )
+        unknown = sorted(chosen.keys() - DEFAULTS.keys() - {"mode"})
+        if unknown:
+            raise TypeError(f"unknown server options: {', '.join(unknown)}.")
+        values = {"mode": "thread", **DEFAULTS, **chosen}
         options = dict(uvicorn_options)
-        _check_values(
-            mode=mode,
-            host=host,
-            port=port,
-            ssl=ssl,
-            health_path=health_path,
-            startup_timeout=startup_timeout,
-            shutdown_timeout=shutdown_timeout,
-            raise_server_exceptions=raise_server_exceptions,
-            log_level=log_level,
-            propagate_logs=propagate_logs,
-            options=options,
-            env=env,
-            cwd=cwd,
-        )
-        _check_app_for_mode(mode, app)
+        _check_values(options=options, env=env, cwd=cwd, **values)
+        _check_app_for_mode(values["mode"], app)
+        ssl = values.pop("ssl")
         tls = None
         if ssl:
             from uvicorn_testserver._tls import server_tls
 
-            tls = server_tls(ssl, options, host)
-        if mode == "process":  # the child imports the app and wraps a WSGI app itself
+            tls = server_tls(ssl, options, values["host"])
+        if values["mode"] == "process":  # the child imports the app and wraps a WSGI app itself
             served_app, served_options = app, options
         else:
             from uvicorn_testserver._wsgi import serve_app
@@ -201,21 +186,13 @@ class ServerSettings:
             served_app, served_options = serve_app(app, options)
         return cls(
             app=app,
-            mode=mode,
-            host=host,
-            port=port,
             tls=tls,
-            health_path=health_path,
-            startup_timeout=startup_timeout,
-            shutdown_timeout=shutdown_timeout,
-            raise_server_exceptions=raise_server_exceptions,
-            log_level=log_level,
-            propagate_logs=propagate_logs,
             uvicorn_options=options,
             served_app=served_app,
             served_options=served_options,
             env=dict(env) if env is not None else None,
             cwd=cwd,
+            **values,
         )
 
     @property
