@@ -703,13 +703,12 @@ class Serving:
             await self.server.serve_on(self.sock, self.ready)
 
     def ask_stop(self, grace: float) -> None:
-        self.server.config.timeout_graceful_shutdown = grace  # type: ignore[assignment]  # an int to uvicorn's types
-        self.server.should_exit = True
-        if not self.server.started:
+        self.server.ask_stop(grace)
+        if not self.server.has_started:
             self.cancel()  # still starting (a startup that hangs): abort it
 
     def force(self) -> None:
-        self.server.force_exit = True
+        self.server.force()
         self.cancel()
 
     def cancel(self) -> None:

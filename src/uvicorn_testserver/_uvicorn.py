@@ -179,6 +179,20 @@ class HarnessServer(uvicorn.Server):
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    def ask_stop(self, grace: float) -> None:
+        """Stop serving (from any thread); requests in flight get `grace` seconds before they are cut."""
+        self.config.timeout_graceful_shutdown = grace  # type: ignore[assignment]  # an int to uvicorn's types
+        self.should_exit = True
+
+    def force(self) -> None:
+        """Skip what is left of the graceful shutdown (from any thread)."""
+        self.force_exit = True
+
+    @property
+    def has_started(self) -> bool:
+        """True once startup completed and the socket is served."""
+        return bool(self.started)
+
     def load(self) -> None:
         """Load the app and protocol classes; raise `StartupFailed` where uvicorn would exit."""
         config = self.config
