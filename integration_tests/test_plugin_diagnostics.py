@@ -150,15 +150,17 @@ def test_app_error_fails_a_passing_test_at_teardown(pytester: pytest.Pytester, f
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_sees_only_a_500*",
+            "ZeroDivisionError: the handler divided by zero in GET /boom",
             "the app 'myapp:app' raised 1 unhandled exception while serving on http://127.0.0.1:*:",
-            "*Traceback (most recent call last):",
-            "*raise ZeroDivisionError*",
-            "*ZeroDivisionError: the handler divided by zero",
+            "Their tracebacks are in the 'uvicorn server log' section of this report.",
             "*For a test that provokes them on purpose: @pytest.mark.uvicorn(raise_server_exceptions=False).*",
             "*- uvicorn server log: 'myapp:app' on 127.0.0.1:* -*",
             '*"GET /boom HTTP/1.1" 500',
-            "* ERROR    uvicorn.error: Exception in ASGI application "
-            "[[]ZeroDivisionError, traceback in the error above[]]",
+            "* ERROR    uvicorn.error: Exception in ASGI application [[]ZeroDivisionError, traceback below[]]",
+            "The app raised 1 unhandled exception during this test:",
+            "*Traceback (most recent call last):",
+            "*raise ZeroDivisionError*",
+            "*ZeroDivisionError: the handler divided by zero",
             "*short test summary info*",
             "ERROR test_it.py::test_sees_only_a_500 - uvicorn_testserver*",
         ]
@@ -267,7 +269,7 @@ def test_hand_started_server_keeps_the_class_behaviour(pytester: pytest.Pytester
     assert output.count("ZeroDivisionError: the handler divided by zero") >= 1
     result.stdout.fnmatch_lines(["FAILED test_it.py::test_own_server - uvicorn_testserver*"])
     # The plugin's section is about its own server, which served only "GET /" in this test.
-    section = output.split("uvicorn server log")[1]
+    section = output.split("uvicorn server log")[1].split("short test summary info")[0]
     assert '"GET / HTTP/1.1" 200' in section
     assert "/boom" not in section
 

@@ -96,7 +96,7 @@ class ServerExceptionsError(ServerError):
         exceptions: Sequence[BaseException],
         *,
         served: Sequence[str] = (),
-        chained: bool = True,
+        shown: str | None = None,
         url: str | None = None,
         host: str | None = None,
         port: int | None = None,
@@ -112,11 +112,11 @@ class ServerExceptionsError(ServerError):
             f"the app {app} raised {count} unhandled exception{'s' if count != 1 else ''} while serving on {where}:",
         ]
         lines += [f"  {describe_error(e, serving)}" for e, serving in zip(self.exceptions, self.served, strict=True)]
-        # The first is chained as __cause__, and Python prints its traceback above this one.
-        shown = self.exceptions[1:] if chained else self.exceptions
-        if chained:
+        if shown is not None:  # the tracebacks are printed elsewhere, once: say where
+            lines.append(f"Their tracebacks are {shown}.")
+        else:  # the first is chained as __cause__, and Python prints its traceback above this one
             lines.append("The first one's traceback is above (the cause of this error).")
-        lines += [format_exception(error) for error in shown]
+            lines += [format_exception(error) for error in self.exceptions[1:]]
         lines.append("Fix the app, or expect these errors if the test provokes them on purpose.")
         super().__init__("\n".join(lines), host=host, port=port, app=app, log_tail=log_tail)
 

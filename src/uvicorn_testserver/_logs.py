@@ -91,11 +91,16 @@ class ServerLog:
         return "\n".join(format_records(self.records, shown=shown).splitlines()[-lines:])
 
 
-def format_records(records: list[logging.LogRecord], *, shown: Collection[BaseException] = ()) -> str:
+def format_records(
+    records: list[logging.LogRecord],
+    *,
+    shown: Collection[BaseException] = (),
+    reference: str = "[{name} traceback: shown with the error]",
+) -> str:
     """Format records as ``HH:MM:SS.mmm LEVEL logger: message`` lines, tracebacks below.
 
-    A record about an error in `shown` gets a one-line reference instead of its
-    traceback: that traceback is printed with the error already.
+    A record about an error in `shown` gets `reference` (``{name}``: the error's type)
+    instead of its traceback, which is printed with the error.
     """
     lines = []
     for record in records:
@@ -109,7 +114,8 @@ def format_records(records: list[logging.LogRecord], *, shown: Collection[BaseEx
         if already is None:
             lines.append(text)
         else:
-            lines[-1] += f" [{type(already).__name__} traceback: shown with the error]"
+            name = getattr(already, "type_name", None) or type(already).__name__
+            lines[-1] = f"{lines[-1].rstrip()} {reference.format(name=name.rpartition('.')[2])}"
     return "\n".join(lines)
 
 

@@ -23,7 +23,6 @@ during a test that otherwise passed fail it at teardown. Plugin state lives in
 from __future__ import annotations
 
 import contextlib
-import copy
 import sys
 import warnings
 from collections.abc import Generator, Iterator, Mapping
@@ -271,7 +270,6 @@ class _Watch:
         self.log_marks = log_marks
         self.created: list[ManagedServer] = []
         self.errors: dict[ManagedServer, list[BaseException]] = {}
-        self.raised: set[int] = set()  # ids of the errors the teardown failure shows
         self.failure: Exception | None = None  # what the teardown check raised
         self.raise_override: bool | None = None
         self.expected: tuple[type[BaseException], ...] = ()  # from @pytest.mark.uvicorn(expect_errors=...)
@@ -511,7 +509,6 @@ def _teardown_failure(item: pytest.Item) -> Exception | None:
             raise_them = server.raise_server_exceptions
         if errors and raise_them:
             failures.append(_exceptions_error(server, errors))
-            watch.raised.update(id(error) for error in errors)
     if watch.expected and not expected_seen:
         names = " or ".join(kind.__name__ for kind in watch.expected)
         failures.append(
@@ -528,7 +525,7 @@ def _exceptions_error(server: ManagedServer, errors: list[BaseException]) -> Ser
     error = ServerExceptionsError(
         errors,
         served=[server.served_when_raised(error) for error in errors],
-        chained=False,  # the report shows this error's text alone: every traceback goes in it
+        shown=f"in the '{_SECTION_TITLE}' section of this report",
         url=server.base_url,
         host=server.host,
         port=server.port,
@@ -551,40 +548,29 @@ def pytest_runtest_makereport(
     if watch is None or not report.failed:
         return report
     if call.excinfo is not None and watch.failure is not None and call.excinfo.value is watch.failure:
-        # The message holds the app's tracebacks; the frames of this plugin that raised it say nothing.
+        # The message says what failed (the tracebacks are in the section); this plugin's frames say nothing.
         report.longrepr = call.excinfo.getrepr(style="value")
     for server in watch.used(item):
         if call.when != "teardown":  # the teardown check has just taken them
             watch.take_errors(server)
-        title, text = _section(server, watch.log_marks.get(server, 0), watch.errors.get(server, []), watch.raised)
+        title, text = _section(server, watch.log_marks.get(server, 0), watch.errors.get(server, []))
         report.sections.append((title, text))
     return report
 
 
-def _section(server: ManagedServer, log_mark: int, errors: list[BaseException], raised: set[int]) -> tuple[str, str]:
+def _section(server: ManagedServer, log_mark: int, errors: list[BaseException]) -> tuple[str, str]:
     """A report section: what `server` logged during the test, then the app's errors with their tracebacks.
 
-    Each traceback is shown once: after the log, or in the failure above it if the
-    plugin raised them at teardown. A log line that reported one refers to it.
+    Each traceback is shown once, after the log; a log line that reported one refers to it.
     """
-    app_errors = {id(error) for error in errors}
-    lines = []
-    for record in server.log.records_since(log_mark):
-        error = record.exc_info[1] if record.exc_info else None
-        if error is None or id(error) not in app_errors:
-            lines.append(format_records([record]))
-            continue
-        plain = copy.copy(record)
-        plain.exc_info = plain.exc_text = None
-        where = "in the error above" if id(error) in raised else "below"
-        lines.append(f"{format_records([plain]).rstrip()} [{type(error).__name__}, traceback {where}]")
+    records = server.log.records_since(log_mark)
+    lines = [format_records(records, shown=errors, reference="[{name}, traceback below]")] if records else []
     if not lines:
         lines.append("(the server logged nothing during this test)")
-    unshown = [error for error in errors if id(error) not in raised]
-    if unshown:
-        count = len(unshown)
+    if errors:
+        count = len(errors)
         lines.append(f"The app raised {count} unhandled exception{'s' if count != 1 else ''} during this test:")
-        lines.extend(format_exception(error) for error in unshown)
+        lines.extend(format_exception(error) for error in errors)
     return f"{_SECTION_TITLE}: {describe_app(server.app)} on {_where(server)}", "\n".join(lines)
 
 
