@@ -5,8 +5,10 @@ readiness with its deadline, the health check, the app's errors, the captured lo
 the stop sequence (ask, wait, force, kill, give up) and the release of everything a
 run made. Where uvicorn actually runs is a `Run`, one small class per mode
 (`_thread`, `_loop`, `_process`), which only starts serving and answers the core's
-questions. A start or stop is always blocking; the async faces call it from a worker
-thread (`_bridge`), so this module is written once, for one kind of caller.
+questions. The start and stop sequences are written once, as generators of the waits
+they need (`Step`); `start()`/`stop()` perform those waits by blocking (the async faces
+call them from a worker thread, `_bridge`), and `start_in_loop()`/`stop_in_loop()` by
+awaiting on the caller's own loop, where a loop-mode server runs.
 
 `Serving` is the piece the asyncio-based runs share: uvicorn serving a socket as the
 main task of an event loop, driven from other threads.
@@ -80,7 +82,8 @@ class Launch:
 
 
 class Run(Protocol):
-    """One start() .. stop() in one mode. Every method may be called from any thread but the run's own.
+    """One start() .. stop() in one mode. Its methods are called from other threads than the one it serves
+    on, except a loop-mode run's, which the core awaits on that loop (`InLoopRun`).
 
     `stop_budget` is how long past ``shutdown_timeout`` the run may take to end on its
     own after `ask_stop` (a child process forces its own exit first).
@@ -116,7 +119,7 @@ class Run(Protocol):
         """Wait (briefly, bounded) until the server has finished the step it is in, so `errors` are complete."""
 
     def in_flight(self) -> list[InFlight]:
-        """The requests and WebSockets the app is handling now (after a `settle`)."""
+        """The requests and WebSockets the app is handling now, once it finished the step it was in."""
 
     def problem(self) -> tuple[str, BaseException | None] | None:
         """After the run ended: why the end was not a clean stop (a sentence and the cause), or None."""
@@ -426,7 +429,6 @@ class ServerCore:
         run = self._run
         if run is None or not self._running:
             return []
-        run.settle()
         return run.in_flight()
 
     def _app_error(self, exc: BaseException, serving: str) -> None:

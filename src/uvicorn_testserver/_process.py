@@ -335,7 +335,8 @@ class ProcessRun:
             self._pong.wait_for(lambda: self._pongs >= ping, _SETTLE_TIMEOUT)
 
     def in_flight(self) -> list[InFlight]:
-        """What the child's last answer to a ping said (`settle` pings)."""
+        """What the child answers to a ping: it answers once its loop finished the step it was in."""
+        self.settle()
         with self._pong:
             return list(self._in_flight) if self.is_alive() else []
 
