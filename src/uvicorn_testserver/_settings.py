@@ -89,6 +89,8 @@ REJECTED_OPTIONS: dict[str, str] = {
     "log_level": "pass log_level as an argument of the server",
 }
 
+_CHOSEN = frozenset({*DEFAULTS, "mode"})
+
 #: The options of a face that are neither settings with a default nor uvicorn's.
 FACE_ONLY = frozenset({"mode", "env", "cwd"})
 
@@ -125,7 +127,7 @@ def connect_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False, slots=True)  # not frozen: a frozen init costs more than the rest of a construction
 class ServerSettings:
     """A server as it will be served, checked. Build it with `ServerSettings.build`."""
 
@@ -165,9 +167,8 @@ class ServerSettings:
                 f"app must be an ASGI application or an import string like 'package.module:app', "
                 f"not {type(app).__name__}."
             )
-        unknown = sorted(chosen.keys() - DEFAULTS.keys() - {"mode"})
-        if unknown:
-            raise TypeError(f"unknown server options: {', '.join(unknown)}.")
+        if unknown := chosen.keys() - _CHOSEN:
+            raise TypeError(f"unknown server options: {', '.join(sorted(unknown))}.")
         values = {"mode": "thread", **DEFAULTS, **chosen}
         options = dict(uvicorn_options)
         _check_values(options=options, env=env, cwd=cwd, **values)

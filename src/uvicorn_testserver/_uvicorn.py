@@ -67,8 +67,10 @@ def make_config(app: Any, *, shutdown_timeout: float, options: dict[str, Any]) -
     )
 
 
-# Loop iterations asyncio takes from accepting a socket to its protocol's `connection_made` (two, and one to spare).
-_ACCEPT_ITERATIONS = 3
+# Loop iterations after accepting stops until every socket accepted before is attached to a transport: one,
+# and one more for an accept callback already queued behind the stop in the same iteration. (A connection
+# whose protocol is not told yet is then aborted with the rest when the loop ends.)
+_ACCEPT_ITERATIONS = 2
 
 
 #: Where the app's unhandled exceptions go: the exception, and what it was serving ("GET /divide").
