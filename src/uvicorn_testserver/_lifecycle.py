@@ -43,7 +43,7 @@ from uvicorn_testserver._errors import (
 )
 from uvicorn_testserver._logs import ServerLog, capture_into, harness_logger, install_capture, log_level_lease
 from uvicorn_testserver._settings import ServerSettings, connect_host
-from uvicorn_testserver._uvicorn import AppErrorSink, HarnessServer, InFlight, StartupFailed
+from uvicorn_testserver._uvicorn import AppErrorSink, HarnessServer, InFlight, StartupFailed, make_config
 from uvicorn_testserver._wsgi import WSGIAdapter, WSGIFactory
 
 if TYPE_CHECKING:
@@ -758,6 +758,15 @@ class ServingRun:
     output = ""
     _serving: Serving
     _forced = False
+
+    @staticmethod
+    def serving_for(launch: Launch, ready: concurrent.futures.Future[None] | asyncio.Future[None]) -> Serving:
+        """uvicorn configured for `launch`, to serve its socket and report through `ready`."""
+        with capture_into(launch.log):
+            config = make_config(
+                launch.settings.served_app, shutdown_timeout=launch.settings.shutdown_timeout, options=launch.options
+            )
+        return Serving(HarnessServer(config, on_app_error=launch.on_app_error), launch.sock, launch.log, ready)
 
     def ask_stop(self, grace: float) -> None:
         self._serving.ask_stop(grace)

@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 
-from uvicorn_testserver._lifecycle import Launch, Serving, ServingRun, StartupFailed
-from uvicorn_testserver._logs import capture_into
-from uvicorn_testserver._uvicorn import HarnessServer, make_config
+from uvicorn_testserver._lifecycle import Launch, ServingRun, StartupFailed
 
 __all__ = ["LoopRun"]
 
@@ -22,14 +20,9 @@ class LoopRun(ServingRun):
     """One run as a task on `loop`, which belongs to the caller; the core awaits it there (`InLoopRun`)."""
 
     def __init__(self, launch: Launch, loop: asyncio.AbstractEventLoop) -> None:
-        with capture_into(launch.log):
-            config = make_config(
-                launch.settings.served_app, shutdown_timeout=launch.settings.shutdown_timeout, options=launch.options
-            )
         self._loop = loop
         self._ready: asyncio.Future[None] = loop.create_future()
-        server = HarnessServer(config, on_app_error=launch.on_app_error)
-        self._serving = Serving(server, launch.sock, launch.log, self._ready)
+        self._serving = self.serving_for(launch, self._ready)
         self._task: asyncio.Task[None] | None = None
         self._ended: concurrent.futures.Future[BaseException | None] = concurrent.futures.Future()
         self._name = f"uvicorn-testserver {launch.settings.host}:{launch.sock.getsockname()[1]}"

@@ -6,9 +6,9 @@ import asyncio
 import concurrent.futures
 import threading
 
-from uvicorn_testserver._lifecycle import Launch, Serving, ServingRun, StartupFailed
+from uvicorn_testserver._lifecycle import Launch, ServingRun, StartupFailed
 from uvicorn_testserver._logs import capture_into
-from uvicorn_testserver._uvicorn import HarnessServer, loop_factory, make_config
+from uvicorn_testserver._uvicorn import loop_factory
 
 __all__ = ["ThreadRun"]
 
@@ -17,13 +17,8 @@ class ThreadRun(ServingRun):
     """One run in a daemon thread that owns its event loop; a forced exit cancels the serving task."""
 
     def __init__(self, launch: Launch) -> None:
-        with capture_into(launch.log):
-            config = make_config(
-                launch.settings.served_app, shutdown_timeout=launch.settings.shutdown_timeout, options=launch.options
-            )
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
-        server = HarnessServer(config, on_app_error=launch.on_app_error)
-        self._serving = Serving(server, launch.sock, launch.log, self._ready)
+        self._serving = self.serving_for(launch, self._ready)
         self._crash: BaseException | None = None
         name = f"uvicorn-testserver {launch.settings.host}:{launch.sock.getsockname()[1]}"
         self._thread = threading.Thread(target=self.serve, name=name, daemon=True)
