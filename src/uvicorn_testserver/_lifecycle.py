@@ -31,7 +31,7 @@ from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 from uvicorn_testserver._errors import (
     PortInUseError,
@@ -60,8 +60,11 @@ __all__ = [
     "ServingRun",
     "StartupFailed",
     "bind_socket",
+    "done_within",
     "errors_noted_on",
 ]
+
+_T = TypeVar("_T")
 
 #: Extra time a run gets past shutdown_timeout to finish lifespan shutdown before its exit is forced.
 STOP_MARGIN = 1.0
@@ -226,10 +229,6 @@ class ServerCore:
             )
         return self._port
 
-    @property
-    def bound_port(self) -> int | None:
-        return self._port or None
-
     def where(self) -> str:
         """``host:port`` for messages (``?`` for a port not bound yet)."""
         return f"{self.settings.host}:{self._port or '?'}"
@@ -271,9 +270,7 @@ class ServerCore:
     @property
     def errors(self) -> list[BaseException]:
         """The app's errors since the last start, complete up to the response a client has just read."""
-        run = self._run
-        if run is not None:
-            run.settle()
+        self.settle()
         return list(self.app_errors)
 
     def settle(self) -> None:
@@ -543,6 +540,16 @@ class ServerCore:
         error.reason = reason or what
         return error
 
+    def _shutdown_error(self, what: str, started_at: float, run: Run) -> ServerShutdownError:
+        return ServerShutdownError(
+            f"{self.describe()} {what}{run.diagnostics()}",
+            host=self.settings.host,
+            port=self._port,
+            app=self.settings.app_name,
+            elapsed=time.monotonic() - started_at,
+            log_tail=self.log.tail(),
+        )
+
     def raise_app_errors(self) -> None:
         if self.settings.raise_server_exceptions and self.app_errors:
             raise self.exceptions_error(self.app_errors) from self.app_errors[0]
@@ -585,29 +592,17 @@ class ServerCore:
         cleanup, self._cleanup = self._cleanup, None
         try:
             if not ended:
-                elapsed = time.monotonic() - started_at
-                raise ServerShutdownError(
-                    f"{self.describe()} did not stop within {elapsed:.1f}s (shutdown_timeout="
-                    f"{grace}s, then a forced exit). Something blocks its event loop: a "
-                    f"synchronous sleep or blocking I/O in an async handler or in lifespan shutdown. "
-                    f"{run.left_behind()}{run.diagnostics()}",
-                    host=settings.host,
-                    port=self._port,
-                    app=settings.app_name,
-                    elapsed=elapsed,
-                    log_tail=self.log.tail(),
+                raise self._shutdown_error(
+                    f"did not stop within {time.monotonic() - started_at:.1f}s (shutdown_timeout={grace}s, then "
+                    "a forced exit). Something blocks its event loop: a synchronous sleep or blocking I/O in an "
+                    f"async handler or in lifespan shutdown. {run.left_behind()}",
+                    started_at,
+                    run,
                 )
             problem = run.problem()
             if problem is not None:
                 sentence, cause = problem
-                raise ServerShutdownError(
-                    f"{self.describe()} {sentence}{run.diagnostics()}",
-                    host=settings.host,
-                    port=self._port,
-                    app=settings.app_name,
-                    elapsed=time.monotonic() - started_at,
-                    log_tail=self.log.tail(),
-                ) from cause
+                raise self._shutdown_error(sentence, started_at, run) from cause
         finally:
             run.release()
             if cleanup is not None:
@@ -623,6 +618,15 @@ def _stop_all() -> None:
     for core in list(_live):
         with contextlib.suppress(Exception):  # nothing is left to report to at exit
             core.stop()
+
+
+def done_within(future: concurrent.futures.Future[Any], timeout: float) -> bool:
+    """Wait for `future`: True once it has a result, False after `timeout`; its exception is raised."""
+    try:
+        future.result(timeout)
+    except TimeoutError:
+        return False
+    return True
 
 
 def bind_socket(host: str, port: int, *, app_name: str, previous: int = 0) -> socket.socket:
@@ -721,28 +725,25 @@ class Serving:
                 loop.call_soon_threadsafe(task.cancel)
 
     def in_flight(self) -> list[InFlight]:
-        """The requests the app handles, read on the loop (from another thread: once it finished its step)."""
-        loop = self.loop
-        if loop is None or self.thread_id == threading.get_ident() or not loop.is_running():
-            return self.server.in_flight()
-        answer: concurrent.futures.Future[list[InFlight]] = concurrent.futures.Future()
-        try:
-            loop.call_soon_threadsafe(lambda: answer.set_result(self.server.in_flight()))
-            return answer.result(1.0)
-        except (RuntimeError, TimeoutError):  # the loop has just closed, or is blocked
-            return []
+        """The requests the app handles, once the loop finished the step it was in."""
+        return self._after_step(self.server.in_flight, [])
 
-    def settle(self, timeout: float = 1.0) -> None:
-        """Wait (up to `timeout`) until the loop finishes the step it is in; never from the loop's own thread."""
+    def settle(self) -> None:
+        """Wait (at most 1 s) until the loop finishes the step it is in."""
+        self._after_step(lambda: None, None)
+
+    def _after_step(self, read: Callable[[], _T], fallback: _T, timeout: float = 1.0) -> _T:
+        """`read()` on the loop once it finished the step it is in (at once on its own thread, or when it
+        does not run); `fallback` if it has just closed or stays blocked for `timeout` seconds."""
         loop = self.loop
         if loop is None or self.thread_id == threading.get_ident() or not loop.is_running():
-            return
-        done = threading.Event()
+            return read()
+        answer: concurrent.futures.Future[_T] = concurrent.futures.Future()
         try:
-            loop.call_soon_threadsafe(done.set)
-        except RuntimeError:  # the loop has just closed: nothing is left to finish
-            return
-        done.wait(timeout)
+            loop.call_soon_threadsafe(lambda: answer.set_result(read()))
+            return answer.result(timeout)
+        except (RuntimeError, TimeoutError):
+            return fallback
 
     @property
     def started(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 
-from uvicorn_testserver._lifecycle import Launch, ServingRun, StartupFailed
+from uvicorn_testserver._lifecycle import Launch, ServingRun, StartupFailed, done_within
 
 __all__ = ["LoopRun"]
 
@@ -57,11 +57,7 @@ class LoopRun(ServingRun):
         """From another thread (interpreter exit, say); the caller's loop must run, or be closed, meanwhile."""
         if self._task is None or self._loop.is_closed():
             return True  # never launched, or the caller's loop is gone and the task with it
-        try:
-            self._ended.result(timeout)
-        except TimeoutError:
-            return False
-        return True
+        return done_within(self._ended, timeout)
 
     def is_alive(self) -> bool:
         return self._task is not None and not self._ended.done() and not self._loop.is_closed()

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import IO, Any
 
-from uvicorn_testserver._lifecycle import FORCE_GRACE, Launch, StartupFailed
+from uvicorn_testserver._lifecycle import FORCE_GRACE, Launch, StartupFailed, done_within
 from uvicorn_testserver._logs import LOGGER_NAMES
 from uvicorn_testserver._uvicorn import InFlight
 
@@ -179,9 +179,7 @@ class ProcessRun:
 
     def wait_ready(self, timeout: float) -> bool:
         try:
-            self._ready.result(timeout)
-        except TimeoutError:
-            return False
+            return done_within(self._ready, timeout)
         except _ChildFailed as failure:
             code = self._reap(_EXIT_WAIT)
             reason = (
@@ -190,7 +188,6 @@ class ProcessRun:
                 else f"exited with code {code} before it was ready"
             )
             raise StartupFailed(reason) from failure.cause
-        return True
 
     def _reap(self, timeout: float) -> int | str:
         assert self.process is not None

@@ -6,7 +6,7 @@ import asyncio
 import concurrent.futures
 import threading
 
-from uvicorn_testserver._lifecycle import Launch, ServingRun, StartupFailed
+from uvicorn_testserver._lifecycle import Launch, ServingRun, StartupFailed, done_within
 from uvicorn_testserver._logs import capture_into
 from uvicorn_testserver._uvicorn import loop_factory
 
@@ -45,11 +45,7 @@ class ThreadRun(ServingRun):
         self._thread.start()
 
     def wait_ready(self, timeout: float) -> bool:
-        try:
-            self._ready.result(timeout)
-        except TimeoutError:
-            return False
-        return True
+        return done_within(self._ready, timeout)
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
