@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import platform
 import socket
@@ -50,6 +51,22 @@ def sample(fn: Callable[[], object], count: int) -> list[float]:
         fn()
         durations.append(time.perf_counter() - start)
     return durations
+
+
+def loop_mode_cycles(loop: asyncio.AbstractEventLoop, app: Any, count: int) -> list[float]:
+    """`count` start+stop cycles of ``AsyncTestServer(app, mode="loop")`` on `loop`; each duration in seconds."""
+    from uvicorn_testserver import AsyncTestServer
+
+    async def run() -> list[float]:
+        durations = []
+        for _ in range(count):
+            start = time.perf_counter()
+            async with AsyncTestServer(app, mode="loop"):
+                pass
+            durations.append(time.perf_counter() - start)
+        return durations
+
+    return loop.run_until_complete(run())
 
 
 def summary(durations: Sequence[float]) -> dict[str, float]:

@@ -27,8 +27,8 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from _common import naive_thread_server, print_table, sample, summary, write_json
-from uvicorn_testserver import AsyncTestServer, UvicornTestServer
+from _common import loop_mode_cycles, naive_thread_server, print_table, sample, summary, write_json
+from uvicorn_testserver import UvicornTestServer
 
 
 async def hello(request: object) -> PlainTextResponse:
@@ -81,19 +81,6 @@ def aiohttp_thread_cycle() -> None:
     thread = threading.Thread(target=asyncio.run, args=(cycle(),))
     thread.start()
     thread.join()
-
-
-def loop_mode_cycles(loop: asyncio.AbstractEventLoop, count: int) -> list[float]:
-    async def run() -> list[float]:
-        durations = []
-        for _ in range(count):
-            start = time.perf_counter()
-            async with AsyncTestServer(app, mode="loop"):
-                pass
-            durations.append(time.perf_counter() - start)
-        return durations
-
-    return loop.run_until_complete(run())
 
 
 def test_cycle_harness(phases: dict[str, list[float]]) -> float:
@@ -188,7 +175,7 @@ def main() -> None:
         test_cycles["aiohttp"] += aiohttp_round
         round_ratios.append(statistics.median(harness_round) / statistics.median(aiohttp_round))
         cycles["harness"] += sample(cycle_harness, fast)
-        cycles["loop"] += loop_mode_cycles(loop, fast)
+        cycles["loop"] += loop_mode_cycles(loop, app, fast)
         cycles["process"] += sample(cycle_process, slow)
         cycles["naive"] += sample(cycle_naive, slow)
         cycles["aiohttp"] += aiohttp_cycles(loop, fast)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import statistics
@@ -22,12 +23,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from _common import print_table, write_json
+from _common import loop_mode_cycles, print_table, sample, write_json
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -37,34 +36,20 @@ BATCH = {"thread": 40, "loop": 40, "process": 2}
 
 def worker() -> None:
     """Read ``MODE COUNT`` lines; answer each with the JSON list of cycle durations in seconds."""
-    from uvicorn_testserver import AsyncTestServer, UvicornTestServer
+    from uvicorn_testserver import UvicornTestServer
 
     loop = asyncio.new_event_loop()
-
-    def sync_cycle(mode: str) -> Callable[[], None]:
-        return lambda: UvicornTestServer(APP, mode=mode).start().stop()  # type: ignore[arg-type]
-
-    async def loop_cycles(count: int) -> list[float]:
-        durations = []
-        for _ in range(count):
-            started = time.perf_counter()
-            async with AsyncTestServer(APP, mode="loop"):
-                pass
-            durations.append(time.perf_counter() - started)
-        return durations
-
     for line in sys.stdin:
         mode, count = line.split()
         if mode == "loop":
-            durations = loop.run_until_complete(loop_cycles(int(count)))
+            durations = loop_mode_cycles(loop, APP, int(count))
         else:
-            cycle = sync_cycle(mode)
-            durations = []
-            for _ in range(int(count)):
-                started = time.perf_counter()
-                cycle()
-                durations.append(time.perf_counter() - started)
+            durations = sample(functools.partial(_cycle, UvicornTestServer, mode), int(count))
         print(json.dumps(durations), flush=True)
+
+
+def _cycle(server_class: type[Any], mode: str) -> None:
+    server_class(APP, mode=mode).start().stop()
 
 
 class Worker:
