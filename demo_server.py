@@ -1,7 +1,9 @@
 """Serve the demo app through UvicornTestServer, to try the harness by hand.
 
-    uv run python demo_server.py              # http://127.0.0.1:8000
-    uv run python demo_server.py --port 0     # a free port
+    uv run --no-dev python demo_server.py             # http://127.0.0.1:8000
+    uv run --no-dev python demo_server.py --port 0    # a free port
+
+(``--no-dev``: the demo needs only the runtime dependencies, not the test tools.)
 
 Stops cleanly on Ctrl-C or SIGTERM (exit code 0).
 """

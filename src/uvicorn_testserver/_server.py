@@ -101,7 +101,7 @@ class UvicornTestServer(LiveServer):
         In-flight requests may finish for up to `shutdown_timeout` seconds (the server's,
         unless given here for this stop), then they are cut and the log says which; idle
         keep-alive and WebSocket connections are closed, lifespan shutdown runs, then
-        the exit is forced if needed (see the README for the worst case per mode).
+        the exit is forced if needed (see "Modes" in the docs for the worst case per mode).
         Raises `ServerShutdownError` if it still does not end, or ended badly, and then,
         with `raise_server_exceptions`, `ServerExceptionsError` if the app raised while
         serving, always after the server has fully stopped. If interrupted (Ctrl-C), the
