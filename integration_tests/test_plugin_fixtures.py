@@ -124,7 +124,7 @@ def test_invalid_scope_is_a_usage_error_listing_the_valid_ones(pytester: pytest.
     result = pytester.runpytest()
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["ERROR: uvicorn_server_scope must be one of session, package, module, function, not 'class'."]
+        ["ERROR: uvicorn_server_scope must be one of session, package, module, function, run, not 'class'."]
     )
 
 

@@ -32,6 +32,7 @@ if _TYPE_CHECKING:
     from uvicorn_testserver._process import ChildAppError
     from uvicorn_testserver._response import AsyncTestResponse
     from uvicorn_testserver._server import ProcessServer, UvicornTestServer
+    from uvicorn_testserver._shared import SharedServer
     from uvicorn_testserver._streaming import AsyncTestStream, EventStream, ServerSentEvent
     from uvicorn_testserver._websocket import WebSocketConfig, WebSocketHelper
 
@@ -49,6 +50,7 @@ _LAZY = {
     "ChildAppError": "_process",
     "EventStream": "_streaming",
     "ServerSentEvent": "_streaming",
+    "SharedServer": "_shared",
     "WebSocketConfig": "_websocket",
     "WebSocketHelper": "_websocket",
     "create_test_server": "_async",
@@ -99,6 +101,7 @@ __all__ = [
     "ServerShutdownError",
     "ServerStartupError",
     "ServerStateError",
+    "SharedServer",
     "UvicornTestServer",
     "WebSocketClosedError",
     "WebSocketConfig",

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
+from uvicorn_testserver._coverage import start_in_child
 from uvicorn_testserver._errors import ServerShutdownError, ServerStartupError, format_exception
 from uvicorn_testserver._lifecycle import FORCE_GRACE, Launch, ServerCore
 from uvicorn_testserver._process import EXIT_FORCED, EXIT_STARTUP_FAILED
@@ -229,7 +230,13 @@ def main(argv: list[str] | None = None) -> int:
         config = json.loads(line)
     except ValueError as exc:
         return fail(channel, f"the configuration from the parent is not JSON: {exc}", None)
-    return serve(channel, listener, config)
+    # Measured from before the app is imported until the server has stopped, as the parent's own coverage.
+    save_coverage = start_in_child(config["coverage"]) if config.get("coverage") else None
+    try:
+        return serve(channel, listener, config)
+    finally:
+        if save_coverage is not None:
+            save_coverage()
 
 
 if __name__ == "__main__":

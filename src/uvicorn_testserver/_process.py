@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import IO, Any
 
+from uvicorn_testserver._coverage import ChildCoverage
 from uvicorn_testserver._lifecycle import FORCE_GRACE, Launch, StartupFailed, done_within
 from uvicorn_testserver._logs import LOGGER_NAMES
 from uvicorn_testserver._uvicorn import InFlight
@@ -120,6 +121,7 @@ class ProcessRun:
         self._asked = False
         self._died_while_serving = False
         self._signalled = ""
+        self._coverage = ChildCoverage.if_measuring()
 
     # -- start --
 
@@ -139,6 +141,7 @@ class ProcessRun:
             "shutdown_timeout": settings.shutdown_timeout,
             "log_level": settings.log_level,
             "sys_path": [os.path.abspath(entry) for entry in sys.path],
+            "coverage": self._coverage.request() if self._coverage is not None else None,
         }
         self._send(json.dumps(config))
         name = f"uvicorn-testserver child {self.process.pid}"
@@ -373,6 +376,8 @@ class ProcessRun:
             thread.join(1.0)
         if self.process is not None and self.process.stdout is not None:
             self.process.stdout.close()
+        if self._coverage is not None:
+            self._coverage.finish(merge=self.process is not None and self.process.poll() is not None)
 
     def diagnostics(self) -> str:
         if self.process is None:

@@ -9,6 +9,8 @@ Fixtures:
 * ``fresh_uvicorn_server`` (function): a live server of ``uvicorn_app`` for one test.
 * ``uvicorn_server_factory`` (function): ``uvicorn_server_factory(app, **options)`` starts any
   number of servers and stops them all when the test ends.
+* ``base_url`` (session, with the ini option ``uvicorn_base_url = true``): the address of
+  ``uvicorn_server``, for pytest-playwright and pytest-base-url.
 
 Options come from ini / command line, then ``@pytest.mark.uvicorn(...)`` markers (the
 closest wins), then the factory's keyword arguments.
@@ -27,6 +29,7 @@ import sys
 import warnings
 from collections.abc import Generator, Iterator, Mapping
 from importlib.metadata import PackageNotFoundError, requires, version
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, get_args
 
 import pytest
@@ -45,10 +48,11 @@ from uvicorn_testserver._settings import DEFAULTS, AppType, LogLevel, check_opti
 if TYPE_CHECKING:
     from uvicorn_testserver._managed import ManagedServer
     from uvicorn_testserver._server import UvicornTestServer
+    from uvicorn_testserver._shared import SharedRun, SharedServer
 
 __all__ = ["ServerScope", "UvicornServerFactory"]
 
-ServerScope = Literal["session", "package", "module", "function"]
+ServerScope = Literal["session", "package", "module", "function", "run"]
 _SCOPES: tuple[str, ...] = get_args(ServerScope)
 _LOG_LEVELS: tuple[str, ...] = get_args(LogLevel)
 #: The harness options that have an ini option (uvicorn_<name>) of their own.
@@ -89,7 +93,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("uvicorn_app", "The app the uvicorn_app fixture serves, as an import string 'package.module:app'.")
     add(
         "uvicorn_server_scope",
-        f"Scope of the uvicorn_server fixture: {', '.join(_SCOPES)} (default session).",
+        f"Scope of the uvicorn_server fixture: {', '.join(_SCOPES)} (default session). run: one server for the "
+        "whole run, shared by all pytest-xdist workers (in a process of its own; the app as an import string).",
         metavar="SCOPE",
     )
     add("uvicorn_host", "Host the plugin's servers bind (default 127.0.0.1).")
@@ -118,6 +123,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="BOOL",
     )
     add(
+        "uvicorn_base_url",
+        "Provide the base_url fixture (pytest-base-url's, which pytest-playwright and pytest-selenium use) from "
+        "uvicorn_server, so page.goto('/') reaches the app: true or false (default false).",
+        ini_type="bool",
+        metavar="BOOL",
+    )
+    add(
         "uvicorn_options",
         "Extra options for the plugin's servers (uvicorn.Config's, or UvicornTestServer's such as ssl), as "
         "key=value (the command-line option --uvicorn-options may be repeated). Values true, false, none and "
@@ -128,19 +140,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-_INI_DEFAULTS: dict[str, Any] = {"uvicorn_raise_server_exceptions": True, "uvicorn_options": []}
+_INI_DEFAULTS: dict[str, Any] = {
+    "uvicorn_raise_server_exceptions": True,
+    "uvicorn_base_url": False,
+    "uvicorn_options": [],
+}
 
 
 class _Settings:
     """The ini / command-line options, checked. (Plain classes here: the plugin loads in every pytest run.)"""
 
     def __init__(
-        self, app: str | None, scope: ServerScope, server_options: dict[str, Any], teardown_grace: float
+        self, app: str | None, scope: ServerScope, server_options: dict[str, Any], teardown_grace: float, base_url: bool
     ) -> None:
         self.app = app
         self.scope = scope
         self.server_options = server_options
         self.teardown_grace = teardown_grace
+        self.base_url = base_url
 
 
 def _read_settings(config: pytest.Config) -> _Settings:
@@ -181,7 +198,15 @@ def _read_settings(config: pytest.Config) -> _Settings:
         options[key] = value
     _check(options, "uvicorn_options")
     grace = _positive_seconds("uvicorn_teardown_grace", get("uvicorn_teardown_grace") or 0.5)
-    return _Settings(app=app, scope=cast(ServerScope, scope), server_options=options, teardown_grace=grace)
+    base_url = _boolean("uvicorn_base_url", get("uvicorn_base_url"))
+    if base_url and scope not in ("session", "run"):
+        raise pytest.UsageError(
+            f"uvicorn_base_url needs the session's uvicorn_server (base_url is a session fixture), but "
+            f"uvicorn_server_scope is {scope!r}. Drop one of the two options."
+        )
+    return _Settings(
+        app=app, scope=cast(ServerScope, scope), server_options=options, teardown_grace=grace, base_url=base_url
+    )
 
 
 def _positive_seconds(name: str, value: Any) -> float:
@@ -256,8 +281,9 @@ def _marker_options(node: pytest.Item | pytest.Collector, base: Mapping[str, Any
     return options
 
 
-def _server_scope(fixture_name: str, config: pytest.Config) -> ServerScope:
-    return _state(config).settings.scope
+def _server_scope(fixture_name: str, config: pytest.Config) -> Literal["session", "package", "module", "function"]:
+    scope = _state(config).settings.scope
+    return "session" if scope == "run" else scope  # run: each worker's session holds the run's server
 
 
 # -- the servers the plugin owns ---------------------------------------------------------------
@@ -387,7 +413,30 @@ def pytest_configure(config: pytest.Config) -> None:
         "fails if the error does not happen); raise_server_exceptions=False lets every app error through.",
     )
 
-    _state(config)  # a bad option is a usage error now, not in the middle of the run
+    state = _state(config)  # a bad option is a usage error now, not in the middle of the run
+    if state.settings.base_url:
+        # Registered after pytest-base-url and pytest-playwright, so this base_url is the one tests get;
+        # a conftest's own base_url still wins.
+        _provide(config, "uvicorn-testserver-base-url", base_url=_base_url)
+    if state.settings.scope == "run":
+        from uvicorn_testserver._shared import SharedRun, run_directory
+
+        config.pluginmanager.register(_SharedRunHooks(SharedRun(run_directory(config))), _SHARED_RUN)
+
+
+def _provide(config: pytest.Config, name: str, **fixtures: Any) -> None:
+    """Register `fixtures` now, after the plugins already loaded: where two define one name, they win."""
+    provider = ModuleType(f"uvicorn_testserver.plugin:{name}")  # a module: pytest binds no instance to them
+    for fixture_name, fixture in fixtures.items():
+        setattr(provider, fixture_name, fixture)
+    config.pluginmanager.register(provider, name)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    hooks = config.pluginmanager.get_plugin(_SHARED_RUN)
+    if isinstance(hooks, _SharedRunHooks):
+        # The last pytest process of the run to leave stops the shared server (and waits for it).
+        hooks.shared.leave(float(_state(config).settings.server_options["shutdown_timeout"]) + 10)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -456,16 +505,9 @@ def _check_shared(item: pytest.Item, state: _State, started_with: dict[str, Any]
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
     __tracebackhide__ = True  # the failure is the app's: show its traceback, not this hook
     state = _state(item.config)
-    watch = item.stash.get(_WATCH, None)
-    if watch is not None and state.settings.scope != "function":
-        for server in watch.used(item):
-            if server.shared_options is not None and server.is_running:  # a shared server, which is not cut
-                try:
-                    server.wait_idle(state.settings.teardown_grace)
-                except TimeoutError:
-                    _warn_in_flight(server, item.nodeid, cut=False)
     try:
         result = yield
+        _check_shared_idle(item, state)
     except BaseException as teardown_error:
         failure = _teardown_failure(item)
         if failure is not None:
@@ -478,6 +520,20 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
         item.stash[_WATCH].failure = failure
         raise failure
     return result
+
+
+def _check_shared_idle(item: pytest.Item, state: _State) -> None:
+    """Warn if a shared server still handles requests of the test once its fixtures (a browser page, a
+    client) are torn down. A shared server is not cut: the warning names what the test left open."""
+    watch = item.stash.get(_WATCH, None)
+    if watch is None or state.settings.scope == "function":
+        return
+    for server in watch.used(item):
+        if server.shared_options is not None and server.is_running:
+            try:
+                server.wait_idle(state.settings.teardown_grace)
+            except TimeoutError:
+                _warn_in_flight(server, item.nodeid, cut=False)
 
 
 def _expected_types(item: pytest.Item, value: Any) -> tuple[type[BaseException], ...]:
@@ -509,7 +565,8 @@ def _teardown_failure(item: pytest.Item) -> Exception | None:
             raise_them = server.raise_server_exceptions
         if errors and raise_them:
             failures.append(_exceptions_error(server, errors))
-    if watch.expected and not expected_seen:
+    shared = item.config.pluginmanager.get_plugin(_SHARED_RUN)
+    if watch.expected and not expected_seen and not (isinstance(shared, _SharedRunHooks) and shared.uses(item)):
         names = " or ".join(kind.__name__ for kind in watch.expected)
         failures.append(
             AssertionError(f"@pytest.mark.uvicorn(expect_errors=...): the app raised no {names} in this test.")
@@ -581,7 +638,130 @@ def _where(server: UvicornTestServer) -> str:
         return server.host
 
 
+# -- one server for the whole run (uvicorn_server_scope = run) ------------------------------------
+
+_SHARED_RUN = "uvicorn-testserver-shared-run"
+_SHARED_TITLE = "uvicorn server log (the run's shared server; lines from every worker's requests)"
+_LOG_MARK = pytest.StashKey[int]()
+
+
+class _SharedRunHooks:
+    """The per-test side of the run's shared server: log window, error attribution, report section."""
+
+    def __init__(self, shared: SharedRun) -> None:
+        self.shared = shared
+
+    def attach(self, app: AppType, options: dict[str, Any]) -> SharedServer:
+        __tracebackhide__ = True
+        if not isinstance(app, str):
+            raise pytest.UsageError(
+                "uvicorn_server_scope = run serves the app in a process of its own, so it needs the app as an "
+                f"import string ('package.module:app'), not {describe_app(app)}: set the ini option uvicorn_app."
+            )
+        try:
+            return self.shared.attach(app, options, float(options["startup_timeout"]))
+        except ServerStartupError as exc:
+            raise exc.with_traceback(None) from exc.__cause__
+
+    def uses(self, item: pytest.Item) -> bool:
+        return self.shared.server is not None and "uvicorn_server" in getattr(item, "fixturenames", ())
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Iterator[None]:
+        item.stash[_LOG_MARK] = self.shared.log_mark()
+        return (yield)
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Iterator[None]:
+        if not self.uses(item):
+            return (yield)
+        with self.shared.running(item.nodeid):
+            try:
+                return (yield)
+            finally:
+                # Still marked as running: what the app does for the test's last response is attributed to it.
+                self.shared.settle()
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+        __tracebackhide__ = True
+        result = yield
+        if self.uses(item):
+            failure = self._errors_of(item)
+            if failure is not None:
+                raise failure
+        return result
+
+    def _errors_of(self, item: pytest.Item) -> ServerExceptionsError | None:
+        from uvicorn_testserver._process import ChildAppError
+
+        theirs = [entry for entry in self.shared.new_errors() if item.nodeid in entry["running"]]
+        errors, served = [], []
+        for entry in theirs:
+            error = ChildAppError(entry["type"], entry["message"], entry["traceback"])
+            others = [test for test in entry["running"] if test != item.nodeid]
+            if others:
+                warnings.warn(
+                    InFlightWarning(
+                        f"The run's shared server raised {entry['type']}: {entry['message']} in {entry['serving']} "
+                        f"while {item.nodeid} and {len(others)} test(s) on other workers were running "
+                        f"({', '.join(others)}); it cannot tell which one caused it, so none of them fails for it."
+                    ),
+                    stacklevel=1,
+                )
+            else:
+                errors.append(error)
+                served.append(entry["serving"])
+        expected = _expected_of(item)
+        if expected:
+            if not any(error_is_of(error, expected) for error in errors):
+                names = " or ".join(kind.__name__ for kind in expected)
+                raise AssertionError(f"@pytest.mark.uvicorn(expect_errors=...): the app raised no {names} here.")
+            kept = [(e, s) for e, s in zip(errors, served, strict=True) if not error_is_of(e, expected)]
+            errors, served = [e for e, _ in kept], [s for _, s in kept]
+        raise_them = _state(item.config).settings.server_options["raise_server_exceptions"]
+        if not errors or not raise_them:
+            return None
+        server = self.shared.server
+        assert server is not None
+        return ServerExceptionsError(
+            errors,
+            served=served,
+            shown=f"in the '{_SHARED_TITLE}' section of this report",
+            url=server.base_url,
+            host=server.host,
+            port=server.port,
+            app=describe_app(server.app),
+        )
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        if report.failed and self.uses(item) and _LOG_MARK in item.stash:
+            self.shared.settle()
+            lines = self.shared.log_since(item.stash[_LOG_MARK]) or ["(the server logged nothing during this test)"]
+            server = self.shared.server
+            assert server is not None
+            report.sections.append((f"{_SHARED_TITLE}: {server.app} on {server.host}:{server.port}", "\n".join(lines)))
+        return report
+
+
+def _expected_of(item: pytest.Item) -> tuple[type[BaseException], ...]:
+    for marker in item.iter_markers("uvicorn"):  # the closest first
+        if "expect_errors" in marker.kwargs:
+            return _expected_types(item, marker.kwargs["expect_errors"])
+    return ()
+
+
 # -- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def _base_url(uvicorn_server: UvicornTestServer) -> str:
+    """``uvicorn_server.base_url``: where pytest-playwright's ``page.goto("/")`` goes."""
+    return uvicorn_server.base_url
 
 
 @pytest.fixture(scope="session")
@@ -598,11 +778,13 @@ def uvicorn_app(pytestconfig: pytest.Config) -> AppType:
 
 
 @pytest.fixture(scope=_server_scope)
-def uvicorn_server(request: pytest.FixtureRequest, uvicorn_app: AppType) -> Iterator[UvicornTestServer]:
+def uvicorn_server(request: pytest.FixtureRequest, uvicorn_app: AppType) -> Iterator[UvicornTestServer | SharedServer]:
     """One live server of ``uvicorn_app`` shared by the tests of its scope (session unless configured).
 
-    Scope from the ini option ``uvicorn_server_scope``: session, package, module or function.
-    pytest scopes a package fixture to the package that defines it, so with ``package`` a
+    Scope from the ini option ``uvicorn_server_scope``: run, session, package, module or
+    function. With ``run``, one server serves the whole run, every pytest-xdist worker
+    included: it runs in a process of its own and this fixture is a `SharedServer` (its
+    address). pytest scopes a package fixture to the package that defines it, so with ``package`` a
     package gets its own server once its conftest.py has
     ``from uvicorn_testserver.plugin import uvicorn_server``. Markers on the scope's node (a
     module's ``pytestmark``, say) apply; a test-level marker that would need other server
@@ -611,6 +793,10 @@ def uvicorn_server(request: pytest.FixtureRequest, uvicorn_app: AppType) -> Iter
     __tracebackhide__ = True
     state = _state(request.config)
     options = _marker_options(request.node, state.settings.server_options)
+    hooks = request.config.pluginmanager.get_plugin(_SHARED_RUN)
+    if isinstance(hooks, _SharedRunHooks):
+        yield hooks.attach(uvicorn_app, options)
+        return
     server = state.start(uvicorn_app, options)
     server.shared_options = options
     yield server
