@@ -399,7 +399,7 @@ class ServerCore:
             sock, self._sock = self._sock or self._bind(), None
             cleanup.callback(sock.close)
             cleanup.enter_context(log_level_lease(self.settings.level))
-            run = self._new_run(Launch(self.settings, sock, self._run_options(cleanup), self.log, self._app_error))
+            run = self._new_run(Launch(self.settings, sock, self._run_options(cleanup), self.log, self.note_app_error))
         except BaseException:
             cleanup.close()
             raise
@@ -428,7 +428,8 @@ class ServerCore:
             return []
         return run.in_flight()
 
-    def _app_error(self, exc: BaseException, serving: str) -> None:
+    def note_app_error(self, exc: BaseException, serving: str) -> None:
+        """Record an unhandled exception of the app (`serving`: what it served, "GET /divide")."""
         self._served_when_raised[id(exc)] = serving
         self.app_errors.append(exc)
         if self.on_app_error is not None:

@@ -39,6 +39,10 @@ class ManagedServer(UvicornTestServer):
         with contextlib.suppress(ServerExceptionsError):
             UvicornTestServer.stop(self, shutdown_timeout=shutdown_timeout)
 
+    def note_app_error(self, exc: BaseException, serving: str) -> None:
+        """Count `exc` as an unhandled exception of the app (one a framework turned into a 500 itself)."""
+        self._core.note_app_error(exc, serving)
+
     def take_errors(self) -> list[BaseException]:
         """The app errors not reported to any test yet; they count as reported from now on."""
         errors = self.errors

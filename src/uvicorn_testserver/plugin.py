@@ -9,6 +9,8 @@ Fixtures:
 * ``fresh_uvicorn_server`` (function): a live server of ``uvicorn_app`` for one test.
 * ``uvicorn_server_factory`` (function): ``uvicorn_server_factory(app, **options)`` starts any
   number of servers and stops them all when the test ends.
+* ``uvicorn_live_server`` (function, with pytest-django): the Django project's ASGI
+  application, live, with the test's database (``transactional_db``).
 * ``base_url`` (session, with the ini option ``uvicorn_base_url = true``): the address of
   ``uvicorn_server``, for pytest-playwright and pytest-base-url.
 
@@ -60,6 +62,7 @@ _INI_TWINS = frozenset(
     {"host", "health_path", "startup_timeout", "shutdown_timeout", "log_level", "raise_server_exceptions"}
 )
 _SECTION_TITLE = "uvicorn server log"
+_CUT_NOW = 0.001  # the shutdown_timeout of a stop that cuts at once: the requests have had their grace
 
 _NO_APP = (
     "uvicorn_server and fresh_uvicorn_server need the app under test, and none is configured. Set it in one of "
@@ -344,7 +347,15 @@ class _State:
             # A shared server stopped at the end of a test that did not use it: its last errors are this test's.
             watch.log_marks[server] = server.log.mark()
             watch.created.append(server)
-        grace = self.settings.teardown_grace if test is not None and _warn_in_flight(server, test, cut=True) else None
+        grace = None
+        if test is not None and server.is_running:
+            try:
+                # What ends within the grace is no leak: a handler still finishing after its response
+                # (Django's request_finished) is done a moment later.
+                server.wait_idle(self.settings.teardown_grace)
+            except TimeoutError:
+                _warn_in_flight(server, test, cut=True)
+                grace = _CUT_NOW
         server.stop_quietly(grace)
 
 
@@ -418,6 +429,8 @@ def pytest_configure(config: pytest.Config) -> None:
         # Registered after pytest-base-url and pytest-playwright, so this base_url is the one tests get;
         # a conftest's own base_url still wins.
         _provide(config, "uvicorn-testserver-base-url", base_url=_base_url)
+    if config.pluginmanager.hasplugin("django"):  # pytest-django: the Django live server over ASGI
+        _provide(config, "uvicorn-testserver-django", uvicorn_live_server=_uvicorn_live_server)
     if state.settings.scope == "run":
         from uvicorn_testserver._shared import SharedRun, run_directory
 
@@ -756,6 +769,28 @@ def _expected_of(item: pytest.Item) -> tuple[type[BaseException], ...]:
 
 
 # -- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def _uvicorn_live_server(request: pytest.FixtureRequest, transactional_db: None) -> Iterator[UvicornTestServer]:
+    """``uvicorn_live_server`` (with pytest-django): the Django project's ASGI app, live, for this test.
+
+    pytest-django's ``live_server`` over ASGI: ``ASGI_APPLICATION`` (Channels) or Django's
+    own ASGI handler, static files served, the test's database shared with the server
+    (``transactional_db``; an in-memory SQLite connection is the server's too).
+    """
+    __tracebackhide__ = True
+    from uvicorn_testserver._django import asgi_application, reported_view_errors, shared_databases
+
+    state = _state(request.config)
+    options = {"lifespan": "off", **_marker_options(request.node, state.settings.server_options)}  # Django has none
+    with shared_databases(options["host"]) as use_shared:
+        server = state.start(asgi_application(use_shared), options)
+        try:
+            with reported_view_errors(server.note_app_error):
+                yield server
+        finally:
+            state.stop(server, request.node.nodeid)
 
 
 @pytest.fixture(scope="session")
