@@ -402,13 +402,18 @@ def _startup_error(message: str, *, reason: str, app: str) -> ServerStartupError
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie, which has exited but is not reaped yet, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc: trust kill()
 
 
 def _live_users(directory: Path) -> list[int]:
