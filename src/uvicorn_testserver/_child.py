@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from uvicorn_testserver._coverage import start_in_child
-from uvicorn_testserver._errors import ServerShutdownError, ServerStartupError, format_exception
+from uvicorn_testserver._errors import ServerShutdownError, ServerStartupError, exception_fields, format_exception
 from uvicorn_testserver._lifecycle import FORCE_GRACE, Launch, ServerCore
 from uvicorn_testserver._process import EXIT_FORCED, EXIT_STARTUP_FAILED
 from uvicorn_testserver._settings import LEVELS, ServerSettings
@@ -53,12 +53,6 @@ class Channel:
         line = json.dumps({"event": event, **fields}).encode() + b"\n"
         with self._lock, contextlib.suppress(OSError):  # the parent is gone: nobody to tell
             self.sock.sendall(line)
-
-
-def describe_exception(exc: BaseException) -> dict[str, str]:
-    kind = type(exc)
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-    return {"type": name, "message": str(exc), "traceback": format_exception(exc)}
 
 
 class ForwardHandler(logging.Handler):
@@ -137,7 +131,7 @@ def serve(channel: Channel, listener: socket.socket, config: dict[str, Any]) -> 
         return fail(channel, f"cannot configure uvicorn: {exc!r}", exc)
     main_thread: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
     core = ServerCore(settings, lambda launch: MainThreadRun(launch, main_thread))
-    core.on_app_error = lambda exc, serving: channel.send("app_error", serving=serving, **describe_exception(exc))
+    core.on_app_error = lambda exc, serving: channel.send("app_error", serving=serving, **exception_fields(exc))
     core.use_socket(listener)
     exit_code: list[int] = []
     control = threading.Thread(
@@ -207,7 +201,7 @@ def watch_channel(
 
 
 def fail(channel: Channel, reason: str, cause: BaseException | None) -> int:
-    channel.send("failed", reason=reason, cause=describe_exception(cause) if cause is not None else None)
+    channel.send("failed", reason=reason, cause=exception_fields(cause) if cause is not None else None)
     return EXIT_STARTUP_FAILED
 
 

@@ -133,8 +133,7 @@ def describe_error(error: BaseException, serving: str = "") -> str:
     """``ZeroDivisionError: division by zero in GET /divide``: one line, for summaries."""
     type_name = getattr(error, "type_name", None)  # a ChildAppError names the child's type
     if type_name is None:
-        kind = type(error)
-        type_name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+        type_name = qualified_type_name(error)
         message = str(error)
     else:
         message = str(getattr(error, "message", error))
@@ -176,3 +175,14 @@ class InvalidResponseTypeError(TypeError):
 def format_exception(exc: BaseException) -> str:
     """Return the full traceback of `exc` as text."""
     return "".join(traceback.format_exception(exc)).rstrip()
+
+
+def qualified_type_name(exc: BaseException) -> str:
+    """``ValueError`` for a builtin, ``httpx.ConnectError`` for any other exception class."""
+    kind = type(exc)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def exception_fields(exc: BaseException) -> dict[str, str]:
+    """`exc` as text that crosses a process boundary: ``type``, ``message``, ``traceback`` (a `ChildAppError`'s)."""
+    return {"type": qualified_type_name(exc), "message": str(exc), "traceback": format_exception(exc)}

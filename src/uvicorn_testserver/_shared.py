@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from uvicorn_testserver._errors import ServerStartupError, format_exception
+from uvicorn_testserver._errors import ServerStartupError, exception_fields, format_exception
 from uvicorn_testserver._settings import connect_host
 
 __all__ = ["SharedRun", "SharedServer", "run_directory"]
@@ -329,16 +329,7 @@ def keep(directory: Path) -> int:
     errors = directory.joinpath("errors.jsonl").open("a", buffering=1)
 
     def record_error(exc: BaseException, serving: str) -> None:
-        kind = type(exc)
-        name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-        entry = {
-            "time": time.time(),
-            "serving": serving,
-            "type": name,
-            "message": str(exc),
-            "traceback": format_exception(exc),
-            "running": _running(directory),
-        }
+        entry = {"time": time.time(), "serving": serving, **exception_fields(exc), "running": _running(directory)}
         errors.write(json.dumps(entry) + "\n")
 
     try:

@@ -549,6 +549,11 @@ def _check_shared_idle(item: pytest.Item, state: _State) -> None:
                 _warn_in_flight(server, item.nodeid, cut=False)
 
 
+def _no_expected_error(expected: tuple[type[BaseException], ...]) -> AssertionError:
+    names = " or ".join(kind.__name__ for kind in expected)
+    return AssertionError(f"@pytest.mark.uvicorn(expect_errors=...): the app raised no {names} in this test.")
+
+
 def _expected_types(item: pytest.Item, value: Any) -> tuple[type[BaseException], ...]:
     types = value if isinstance(value, tuple) else (value,)
     if not types or not all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in types):
@@ -580,10 +585,7 @@ def _teardown_failure(item: pytest.Item) -> Exception | None:
             failures.append(_exceptions_error(server, errors))
     shared = item.config.pluginmanager.get_plugin(_SHARED_RUN)
     if watch.expected and not expected_seen and not (isinstance(shared, _SharedRunHooks) and shared.uses(item)):
-        names = " or ".join(kind.__name__ for kind in watch.expected)
-        failures.append(
-            AssertionError(f"@pytest.mark.uvicorn(expect_errors=...): the app raised no {names} in this test.")
-        )
+        failures.append(_no_expected_error(watch.expected))
     if not failures:
         return None
     for other in failures[1:]:
@@ -725,11 +727,11 @@ class _SharedRunHooks:
             else:
                 errors.append(error)
                 served.append(entry["serving"])
-        expected = _expected_of(item)
+        watch = item.stash.get(_WATCH, None)
+        expected = watch.expected if watch is not None else ()
         if expected:
             if not any(error_is_of(error, expected) for error in errors):
-                names = " or ".join(kind.__name__ for kind in expected)
-                raise AssertionError(f"@pytest.mark.uvicorn(expect_errors=...): the app raised no {names} here.")
+                raise _no_expected_error(expected)
             kept = [(e, s) for e, s in zip(errors, served, strict=True) if not error_is_of(e, expected)]
             errors, served = [e for e, _ in kept], [s for _, s in kept]
         raise_them = _state(item.config).settings.server_options["raise_server_exceptions"]
@@ -759,13 +761,6 @@ class _SharedRunHooks:
             assert server is not None
             report.sections.append((f"{_SHARED_TITLE}: {server.app} on {server.host}:{server.port}", "\n".join(lines)))
         return report
-
-
-def _expected_of(item: pytest.Item) -> tuple[type[BaseException], ...]:
-    for marker in item.iter_markers("uvicorn"):  # the closest first
-        if "expect_errors" in marker.kwargs:
-            return _expected_types(item, marker.kwargs["expect_errors"])
-    return ()
 
 
 # -- fixtures -------------------------------------------------------------------------------
