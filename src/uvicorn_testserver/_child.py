@@ -34,8 +34,9 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from uvicorn_testserver._coverage import start_in_child
-from uvicorn_testserver._errors import ServerShutdownError, ServerStartupError, exception_fields, format_exception
+from uvicorn_testserver._errors import ServerShutdownError, ServerStartupError, exception_fields
 from uvicorn_testserver._lifecycle import FORCE_GRACE, Launch, ServerCore
+from uvicorn_testserver._logs import record_fields
 from uvicorn_testserver._process import EXIT_FORCED, EXIT_STARTUP_FAILED
 from uvicorn_testserver._settings import LEVELS, ServerSettings
 from uvicorn_testserver._thread import ThreadRun
@@ -63,21 +64,7 @@ class ForwardHandler(logging.Handler):
         self.channel = channel
 
     def emit(self, record: logging.LogRecord) -> None:
-        exc_text = None
-        if record.exc_info and record.exc_info[1] is not None:
-            exc_text = format_exception(record.exc_info[1])
-        self.channel.send(
-            "log",
-            name=record.name,
-            levelno=record.levelno,
-            levelname=record.levelname,
-            msg=record.getMessage(),
-            created=record.created,
-            exc_text=exc_text,
-            pathname=record.pathname,
-            lineno=record.lineno,
-            funcName=record.funcName,
-        )
+        self.channel.send("log", **record_fields(record))
 
 
 class MainThreadRun(ThreadRun):

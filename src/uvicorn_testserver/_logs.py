@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import threading
 import time
 from collections import deque
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 from uvicorn_testserver._errors import format_exception
 
@@ -28,6 +30,8 @@ __all__ = [
     "harness_logger",
     "install_capture",
     "log_level_lease",
+    "record_fields",
+    "record_from_fields",
 ]
 
 #: The loggers whose records are captured per server.
@@ -117,6 +121,44 @@ def format_records(
             name = getattr(already, "type_name", None) or type(already).__name__
             lines[-1] = f"{lines[-1].rstrip()} {reference.format(name=name.rpartition('.')[2])}"
     return "\n".join(lines)
+
+
+def record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    """`record` as JSON-able fields, for another process to rebuild with `record_from_fields`."""
+    error = record.exc_info[1] if record.exc_info else None
+    return {
+        "name": record.name,
+        "levelno": record.levelno,
+        "levelname": record.levelname,
+        "msg": record.getMessage(),
+        "created": record.created,
+        "exc_text": format_exception(error) if error is not None else None,
+        "pathname": record.pathname,
+        "lineno": record.lineno,
+        "funcName": record.funcName,
+    }
+
+
+def record_from_fields(fields: Mapping[str, Any], **extra: Any) -> logging.LogRecord:
+    """The record `record_fields` described (file name and line kept), with `extra` attributes."""
+    pathname = str(fields.get("pathname", ""))
+    return logging.makeLogRecord(
+        {
+            "name": fields["name"],
+            "levelno": fields["levelno"],
+            "levelname": fields["levelname"],
+            "msg": str(fields["msg"]),
+            "created": fields["created"],
+            "msecs": (fields["created"] % 1) * 1000,
+            "pathname": pathname,
+            "filename": os.path.basename(pathname),
+            "module": os.path.splitext(os.path.basename(pathname))[0],
+            "lineno": fields.get("lineno", 0),
+            "funcName": fields.get("funcName", ""),
+            "exc_text": fields.get("exc_text") or None,  # formatters print it below the message
+            **extra,
+        }
+    )
 
 
 class _CaptureFilter(logging.Filter):

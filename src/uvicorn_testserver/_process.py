@@ -34,7 +34,7 @@ from typing import IO, Any
 
 from uvicorn_testserver._coverage import ChildCoverage
 from uvicorn_testserver._lifecycle import FORCE_GRACE, Launch, StartupFailed, done_within
-from uvicorn_testserver._logs import LOGGER_NAMES
+from uvicorn_testserver._logs import LOGGER_NAMES, record_from_fields
 from uvicorn_testserver._uvicorn import InFlight
 
 __all__ = ["EXIT_FORCED", "EXIT_STARTUP_FAILED", "ChildAppError", "ProcessRun"]
@@ -245,25 +245,7 @@ class ProcessRun:
             self._stopped.set()
 
     def _emit_log(self, event: dict[str, Any]) -> None:
-        message = str(event["msg"])
-        pathname = str(event.get("pathname", ""))
-        record = logging.makeLogRecord(
-            {
-                "name": event["name"],
-                "levelno": event["levelno"],
-                "levelname": event["levelname"],
-                "msg": message,
-                "created": event["created"],
-                "msecs": (event["created"] % 1) * 1000,
-                "pathname": pathname,
-                "filename": os.path.basename(pathname),
-                "module": os.path.splitext(os.path.basename(pathname))[0],
-                "lineno": event.get("lineno", 0),
-                "funcName": event.get("funcName", ""),
-                "exc_text": event.get("exc_text") or None,  # formatters print it below the message
-                "processName": f"uvicorn-testserver child {self.pid}",
-            }
-        )
+        record = record_from_fields(event, processName=f"uvicorn-testserver child {self.pid}")
         name = str(event["name"])
         if name in LOGGER_NAMES:
             self._launch.log.append(record)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from uvicorn_testserver._errors import ServerStartupError, exception_fields, format_exception
+from uvicorn_testserver._logs import format_records, record_fields, record_from_fields
 from uvicorn_testserver._settings import connect_host
 
 __all__ = ["SharedRun", "SharedServer", "run_directory"]
@@ -240,10 +241,10 @@ class SharedRun:
         """Where the server's log stands now, for `log_since`."""
         return self._size("log.jsonl")
 
-    def log_since(self, mark: int) -> list[str]:
-        """The server's log lines written since `mark`, formatted (from every worker's requests)."""
+    def log_since(self, mark: int) -> str:
+        """The server's log lines written since `mark`, formatted as a server's own (from every worker's requests)."""
         entries, _ = _read_jsonl(self.directory / "log.jsonl", mark)
-        return [_format_entry(entry) for entry in entries]
+        return format_records([record_from_fields(entry) for entry in entries])
 
     def new_errors(self) -> list[dict[str, Any]]:
         """The app errors recorded since the last call (with ``running``: the tests running at the time)."""
@@ -293,15 +294,8 @@ class _JsonLinesHandler(logging.Handler):
         self._file = path.open("a", buffering=1)
 
     def emit(self, record: logging.LogRecord) -> None:
-        entry = {
-            "created": record.created,
-            "levelname": record.levelname,
-            "name": record.name,
-            "message": record.getMessage(),
-            "exc_text": format_exception(record.exc_info[1]) if record.exc_info and record.exc_info[1] else None,
-        }
         with contextlib.suppress(OSError, ValueError):
-            self._file.write(json.dumps(entry) + "\n")
+            self._file.write(json.dumps(record_fields(record)) + "\n")
 
 
 def keep(directory: Path) -> int:
@@ -463,12 +457,6 @@ def _read_jsonl(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
         with contextlib.suppress(ValueError):
             entries.append(json.loads(line))
     return entries, offset + len(complete)
-
-
-def _format_entry(entry: dict[str, Any]) -> str:
-    stamp = time.strftime("%H:%M:%S", time.localtime(entry["created"])) + f".{int(entry['created'] % 1 * 1000):03d}"
-    line = f"{stamp} {entry['levelname']:<8} {entry['name']}: {entry['message']}"
-    return line + ("\n" + entry["exc_text"] if entry.get("exc_text") else "")
 
 
 def _tail(path: Path, lines: int) -> str:

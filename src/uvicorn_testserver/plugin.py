@@ -756,10 +756,10 @@ class _SharedRunHooks:
         report = yield
         if report.failed and self.uses(item) and _LOG_MARK in item.stash:
             self.shared.settle()
-            lines = self.shared.log_since(item.stash[_LOG_MARK]) or ["(the server logged nothing during this test)"]
+            text = self.shared.log_since(item.stash[_LOG_MARK]) or "(the server logged nothing during this test)"
             server = self.shared.server
             assert server is not None
-            report.sections.append((f"{_SHARED_TITLE}: {server.app} on {server.host}:{server.port}", "\n".join(lines)))
+            report.sections.append((f"{_SHARED_TITLE}: {server.app} on {server.host}:{server.port}", text))
         return report
 
 
