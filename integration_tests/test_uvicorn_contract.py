@@ -14,6 +14,7 @@ import importlib.metadata
 import inspect
 import logging
 import re
+import signal
 import socket
 import statistics
 import time
@@ -148,6 +149,28 @@ def _should_exit(observed: Observed) -> None:
 @check("Server.force_exit")
 def _force_exit(observed: Observed) -> None:
     assert uvicorn.Server(new_config()).force_exit is False
+
+
+@check("Server.handle_exit(sig, frame)")
+def _handle_exit(observed: Observed) -> None:
+    assert parameters(uvicorn.Server.handle_exit) == ["self", "sig", "frame"]
+    server = uvicorn.Server(new_config())
+    server.handle_exit(signal.SIGTERM, None)
+    assert (server.should_exit, server.force_exit) == (True, False)
+    server.handle_exit(signal.SIGINT, None)
+    assert server.force_exit is True, "a second SIGINT forces the exit"
+
+
+@check("lifespan.startup_event")
+def _lifespan_startup_event(observed: Observed) -> None:
+    assert isinstance(observed.server.lifespan.startup_event, asyncio.Event)
+    assert observed.server.lifespan.startup_event.is_set()
+
+
+@check("lifespan.main()")
+def _lifespan_main(observed: Observed) -> None:
+    assert inspect.iscoroutinefunction(observed.server.lifespan.main)
+    assert "main()" in inspect.getsource(type(observed.server.lifespan).startup), "startup creates the main task"
 
 
 @check("Server.servers")

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import inspect
 import os
+import signal
 from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -28,7 +29,7 @@ from uvicorn_testserver._lifecycle import Launch, LiveServer, Run, ServerCore, e
 from uvicorn_testserver._loop import LoopRun
 from uvicorn_testserver._process import ProcessRun
 from uvicorn_testserver._response import DEFAULT_TIMEOUT
-from uvicorn_testserver._settings import AppType, LogLevel, Mode, ServerSettings
+from uvicorn_testserver._settings import AppType, LogLevel, Mode, ServerSettings, StopSignal, check_seconds
 from uvicorn_testserver._thread import ThreadRun
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class AsyncTestServer(LiveServer):
         raise_server_exceptions: bool = True,
         log_level: LogLevel = "warning",
         propagate_logs: bool = True,
+        stop_signal: StopSignal | signal.Signals = "SIGTERM",
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         client_timeout: float | None = DEFAULT_TIMEOUT,
@@ -123,6 +125,7 @@ class AsyncTestServer(LiveServer):
             raise_server_exceptions=raise_server_exceptions,
             log_level=log_level,
             propagate_logs=propagate_logs,
+            stop_signal=stop_signal,
             uvicorn_options=uvicorn_options,
             env=env,
             cwd=cwd,
@@ -204,10 +207,7 @@ class AsyncTestServer(LiveServer):
             self._loop = asyncio.get_running_loop()
         if self.is_running:
             raise ServerStateError(f"{self!r} is already running at {self.base_url}; call stop() first.")
-        if self.mode == "loop":
-            await self._core.start_in_loop()
-        else:
-            await _bridge.start(self._core)
+        await _bridge.start(self._core, in_loop=self.mode == "loop")
         if backend == "asyncio":
             self._client = AsyncTestClient(self.base_url, timeout=self.client_timeout, ssl=self._client_ssl())
         return self
@@ -218,21 +218,25 @@ class AsyncTestServer(LiveServer):
     async def stop(self, *, shutdown_timeout: float | None = None) -> None:
         """Close the client and everything it opened, then stop the server. Idempotent.
 
-        `shutdown_timeout`, if given, is the grace of this stop for requests in flight.
-
-        Never blocks the event loop. Raises `ServerShutdownError` if the server does not
-        end within its bounds, then `ServerExceptionsError` if the app raised while
-        serving and `raise_server_exceptions` is on. Cancelling it lets the stop finish.
+        The stop is `UvicornTestServer.stop`'s (through uvicorn's ``handle_exit``, with
+        `stop_signal`); `shutdown_timeout`, if given, is the grace of this stop for
+        requests in flight (0 or more). Never blocks the event loop. Raises
+        `ServerShutdownError` if the server does not end within its bounds, then
+        `ServerExceptionsError` if the app raised while serving and
+        `raise_server_exceptions` is on: once per run, a later stop is a no-op. A
+        cancellation lets the stop finish, then propagates instead of the app's
+        errors, which stay in `errors`.
         """
+        grace = None if shutdown_timeout is None else check_seconds("shutdown_timeout", shutdown_timeout)
         client, self._client = self._client, None
-        try:
-            if client is not None:
-                await client.close()
-        finally:
-            if self.mode == "loop":
-                await self._core.stop_in_loop(shutdown_timeout)
-            else:
-                await _bridge.stop(self._core, shutdown_timeout)
+        interrupted: BaseException | None = None
+        if client is not None:
+            try:
+                with anyio.CancelScope(shield=True):
+                    await client.close()
+            except anyio.get_cancelled_exc_class() as exc:  # a native asyncio cancellation: the stop goes on
+                interrupted = exc
+        await _bridge.stop(self._core, grace, in_loop=self.mode == "loop", interrupted=interrupted)
 
     async def __aenter__(self) -> Self:
         return await self.start()

@@ -2,8 +2,11 @@
 
 The parent passes two inherited file descriptors: the listening socket it bound, and
 one end of a socket pair, the *control channel*. Over the channel the parent sends one
-JSON line (the app, uvicorn options, timeouts, log level, its ``sys.path``), then only
-``{"ping": n}`` lines; closing its end means "stop". The child answers with JSON lines:
+JSON line (the app, uvicorn options, timeouts, log level, stop signal, its ``sys.path``),
+then ``{"ping": n}`` lines and, before a stop with another grace, ``{"stop": seconds}``.
+A serving child is stopped by the real signal (SIGTERM or SIGINT), which uvicorn's own
+``handle_exit`` handles; closing the parent's end means "abandon the start" or, later,
+"stop now" (the parent is gone, or escalates). The child answers with JSON lines:
 ``log`` records, ``ready`` once lifespan startup completed and the socket is served,
 ``failed`` with the reason and the app's traceback, ``app_error`` for every unhandled
 exception, ``pong`` for each ping once its loop finished the step it was in, and
@@ -11,10 +14,11 @@ exception, ``pong`` for each ping once its loop finished the step it was in, and
 
 Inside, the child is a thread-mode server (the same `ServerCore` and `ThreadRun`), so
 its start, stop and forced exit are the ones every mode has, except that the event loop
-runs on the main thread, as it would in production, and the lifecycle on another. If
-that stop still cannot end the loop, the child exits with `EXIT_FORCED`. The channel reaching end-of-file is
-also how it notices that its parent died, so it never outlives the test run. SIGINT is
-ignored: on Ctrl-C the parent stops its children itself.
+runs on the main thread, as it would in production, with uvicorn's signal handling, and
+the lifecycle on another. If that stop still cannot end the loop, the child exits with
+`EXIT_FORCED`. The channel reaching end-of-file is also how it notices that its parent
+died, so it never outlives the test run. It runs in a session of its own: Ctrl-C in a
+terminal reaches the test process, which stops its children itself.
 """
 
 from __future__ import annotations
@@ -68,21 +72,36 @@ class ForwardHandler(logging.Handler):
 
 
 class MainThreadRun(ThreadRun):
-    """A thread-mode run whose event loop runs on the child's main thread, as the app would in production
-    (signal handlers, for one, can only be installed there); the lifecycle drives it from another thread."""
+    """A thread-mode run whose event loop runs on the child's main thread, as the app would in production;
+    the lifecycle drives it from another thread.
 
-    def __init__(self, launch: Launch, main_thread: queue.SimpleQueue[Callable[[], None] | None]) -> None:
+    While it serves, SIGTERM and SIGINT are handled by uvicorn's own ``handle_exit``, as
+    uvicorn installs it (the captured signal is not raised again at the end, so the exit
+    code tells a clean stop from a kill); `stop_wanted` is set once the server is to exit.
+    """
+
+    def __init__(
+        self,
+        launch: Launch,
+        main_thread: queue.SimpleQueue[Callable[[], None] | None],
+        stop_wanted: threading.Event,
+    ) -> None:
         super().__init__(launch)
         self._main_thread = main_thread
         self._done = threading.Event()
+        self._serving.server.on_exit = stop_wanted.set
 
     def launch(self) -> None:
         self._main_thread.put(self._serve_then_signal)
 
     def _serve_then_signal(self) -> None:
+        handle_exit = self._serving.server.handle_exit
+        previous = {sig: signal.signal(sig, handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             self.serve()
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             self._done.set()
 
     def is_alive(self) -> bool:
@@ -112,17 +131,19 @@ def serve(channel: Channel, listener: socket.socket, config: dict[str, Any]) -> 
             shutdown_timeout=float(config["shutdown_timeout"]),
             raise_server_exceptions=False,  # each error goes to the parent as it happens
             log_level=config["log_level"],
+            stop_signal=config["stop_signal"],
             uvicorn_options=config["options"],
         )
     except (TypeError, ValueError, ImportError) as exc:
         return fail(channel, f"cannot configure uvicorn: {exc!r}", exc)
     main_thread: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-    core = ServerCore(settings, lambda launch: MainThreadRun(launch, main_thread))
+    stop_wanted = threading.Event()
+    core = ServerCore(settings, lambda launch: MainThreadRun(launch, main_thread, stop_wanted))
     core.on_app_error = lambda exc, serving: channel.send("app_error", serving=serving, **exception_fields(exc))
     core.use_socket(listener)
     exit_code: list[int] = []
     control = threading.Thread(
-        target=lambda: exit_code.append(control_lifecycle(channel, core, main_thread)),
+        target=lambda: exit_code.append(control_lifecycle(channel, core, main_thread, stop_wanted)),
         name="uvicorn-testserver lifecycle",
         daemon=True,
     )
@@ -134,13 +155,17 @@ def serve(channel: Channel, listener: socket.socket, config: dict[str, Any]) -> 
 
 
 def control_lifecycle(
-    channel: Channel, core: ServerCore, main_thread: queue.SimpleQueue[Callable[[], None] | None]
+    channel: Channel,
+    core: ServerCore,
+    main_thread: queue.SimpleQueue[Callable[[], None] | None],
+    stop_wanted: threading.Event,
 ) -> int:
-    """Start, serve until the channel closes, stop; then release the main thread. Returns the exit code."""
-    closed, cancelled, grace = threading.Event(), threading.Event(), list[float]()
+    """Start, serve until a signal or the channel's end asks for the exit, stop; then release the main thread.
+    Returns the exit code."""
+    cancelled, grace = threading.Event(), list[float]()
     threading.Thread(
         target=watch_channel,
-        args=(channel, core, closed, cancelled, grace),
+        args=(channel, core, stop_wanted, cancelled, grace),
         name="uvicorn-testserver channel",
         daemon=True,
     ).start()
@@ -150,7 +175,7 @@ def control_lifecycle(
         except ServerStartupError as exc:
             return fail(channel, exc.reason, exc.__cause__)
         channel.send("ready")
-        closed.wait()
+        stop_wanted.wait()
         try:
             core.stop(grace[-1] if grace else None)
         except ServerShutdownError as exc:

@@ -186,3 +186,33 @@ def qualified_type_name(exc: BaseException) -> str:
 def exception_fields(exc: BaseException) -> dict[str, str]:
     """`exc` as text that crosses a process boundary: ``type``, ``message``, ``traceback`` (a `ChildAppError`'s)."""
     return {"type": qualified_type_name(exc), "message": str(exc), "traceback": format_exception(exc)}
+
+
+def expected_count(types: tuple[object, ...], at_least: object, at_most: object) -> None:
+    """Check the arguments of an `expect_errors`: exception classes, and counts with 0 <= at_least <= at_most."""
+    if not types or not all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in types):
+        raise TypeError(f"expect_errors() takes one or more exception classes, not {types!r}.")
+    for name, count in (("at_least", at_least), ("at_most", at_most)):
+        if count is None and name == "at_most":
+            continue
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"expect_errors({name}=...) takes a whole number of errors, not {count!r}.")
+        if count < 0:
+            raise ValueError(f"expect_errors({name}=...) takes 0 or more errors, not {count!r}.")
+    if at_most is not None and at_most < at_least:  # type: ignore[operator]  # both ints, checked above
+        raise ValueError(f"expect_errors() got at_most={at_most!r} below at_least={at_least!r}.")
+
+
+def expected_count_problem(
+    types: tuple[type[BaseException], ...], count: int, at_least: int, at_most: int | None, where: str
+) -> str:
+    """What is wrong with `count` expected errors raised `where` ("in this block"), as the end of a sentence
+    ('' if nothing is)."""
+    names = " or ".join(kind.__name__ for kind in types)
+    raised = "none" if count == 0 else f"{count}"
+    if count < at_least:
+        wanted = "" if at_least == 1 else f" at least {at_least} times"
+        return f"{names}{wanted} {where}; it raised {raised}"
+    if at_most is not None and count > at_most:
+        return f"{names} at most {at_most} time{'s' if at_most != 1 else ''} {where}; it raised {raised}"
+    return ""

@@ -23,6 +23,7 @@ import contextlib
 import errno
 import http.client
 import os
+import signal
 import socket
 import threading
 import time
@@ -40,9 +41,11 @@ from uvicorn_testserver._errors import (
     ServerStartupError,
     ServerStateError,
     error_is_of,
+    expected_count,
+    expected_count_problem,
 )
 from uvicorn_testserver._logs import ServerLog, capture_into, harness_logger, install_capture, log_level_lease
-from uvicorn_testserver._settings import ServerSettings, connect_host
+from uvicorn_testserver._settings import ServerSettings, check_seconds, connect_host
 from uvicorn_testserver._uvicorn import AppErrorSink, HarnessServer, InFlight, StartupFailed, make_config
 from uvicorn_testserver._wsgi import WSGIAdapter, WSGIFactory
 
@@ -58,6 +61,7 @@ __all__ = [
     "ServerCore",
     "Serving",
     "ServingRun",
+    "StartAbandoned",
     "StartupFailed",
     "bind_socket",
     "done_within",
@@ -194,6 +198,11 @@ Step = WaitReady | WaitEnded | Probe | Pause
 Steps = Generator[Step, Any, None]
 
 
+class StartAbandoned(Exception):
+    """Internal: a start whose caller gave up on it (a cancelled async start) was ended; the caller raises its
+    own cancellation instead."""
+
+
 class ServerCore:
     """The lifecycle of one server. Thread-safe; `start` and `stop` block and are serialised.
 
@@ -216,6 +225,7 @@ class ServerCore:
         self._run: Run | None = None
         self._cleanup: ExitStack | None = None
         self._running = False  # True between a successful start and the stop that ends it
+        self._errors_unraised = False  # a run has ended and its app errors are not raised yet (once per run)
         self.last_run: Run | None = None
         self.on_app_error: AppErrorSink | None = None
 
@@ -394,6 +404,7 @@ class ServerCore:
         install_capture()
         self.app_errors.clear()
         self._served_when_raised.clear()
+        self._errors_unraised = False
         cleanup = ExitStack()
         try:
             sock, self._sock = self._sock or self._bind(), None
@@ -412,6 +423,7 @@ class ServerCore:
                 yield from self._stop_steps()
             except ServerShutdownError as stop_error:  # the start's own error says more; keep both
                 error.add_note(f"Stopping it afterwards failed too: {stop_error}")
+            self._errors_unraised = False  # the start's error is the report; the app's stay in `errors`
             raise
         self._running = True
 
@@ -477,6 +489,8 @@ class ServerCore:
                 started_at,
                 run,
             )
+        if cancelled is not None and cancelled.is_set():
+            raise StartAbandoned("the start was abandoned (its caller was cancelled) once the server was ready")
         if settings.health_path is not None:
             yield from self._wait_healthy(run, settings.health_path, deadline, started_at)
 
@@ -552,7 +566,9 @@ class ServerCore:
         )
 
     def raise_app_errors(self) -> None:
-        if self.settings.raise_server_exceptions and self.app_errors:
+        """After the stop that ended a run: raise its app errors, once (with `raise_server_exceptions`)."""
+        unraised, self._errors_unraised = self._errors_unraised, False
+        if unraised and self.settings.raise_server_exceptions and self.app_errors:
             raise self.exceptions_error(self.app_errors) from self.app_errors[0]
 
     def exceptions_error(self, errors: list[BaseException]) -> ServerExceptionsError:
@@ -590,6 +606,7 @@ class ServerCore:
                 ended = yield WaitEnded(FORCE_GRACE)
         self._run = None
         _live.discard(self)
+        self._errors_unraised = True
         cleanup, self._cleanup = self._cleanup, None
         try:
             if not ended:
@@ -604,6 +621,12 @@ class ServerCore:
             if problem is not None:
                 sentence, cause = problem
                 raise self._shutdown_error(sentence, started_at, run) from cause
+        except ServerShutdownError as error:
+            if self._errors_unraised and self.settings.raise_server_exceptions and self.app_errors:
+                count = len(self.app_errors)
+                error.add_note(f"The app also raised {count} unhandled exception(s) while serving: see `errors`.")
+            self._errors_unraised = False  # this is the stop's report
+            raise
         finally:
             run.release()
             if cleanup is not None:
@@ -695,6 +718,7 @@ class Serving:
     sock: socket.socket
     log: ServerLog
     ready: concurrent.futures.Future[None] | asyncio.Future[None]  # asyncio's when awaited on the same loop
+    stop_signal: int = signal.SIGTERM
     loop: asyncio.AbstractEventLoop | None = None
     task: asyncio.Task[Any] | None = None
     thread_id: int | None = None
@@ -709,10 +733,10 @@ class Serving:
         with capture_into(self.log):
             await self.server.serve_on(self.sock, self.ready)
 
-    def ask_stop(self, grace: float) -> None:
-        self.server.ask_stop(grace)
+    def ask_stop(self, grace: float, sig: int) -> None:
+        self.server.ask_stop(grace, sig)
         if not self.server.has_started:
-            self.cancel()  # still starting (a startup that hangs): abort it
+            self.cancel()  # still starting (a startup that hangs): abort it, ending its lifespan cleanly
 
     def force(self) -> None:
         self.server.force()
@@ -768,10 +792,11 @@ class ServingRun:
             config = make_config(
                 launch.settings.served_app, shutdown_timeout=launch.settings.shutdown_timeout, options=launch.options
             )
-        return Serving(HarnessServer(config, on_app_error=launch.on_app_error), launch.sock, launch.log, ready)
+        server = HarnessServer(config, on_app_error=launch.on_app_error)
+        return Serving(server, launch.sock, launch.log, ready, stop_signal=launch.settings.signal_number)
 
     def ask_stop(self, grace: float) -> None:
-        self._serving.ask_stop(grace)
+        self._serving.ask_stop(grace, self._serving.stop_signal)
 
     def force(self) -> None:
         self._forced = True
@@ -948,6 +973,7 @@ class LiveServer:
 
     def _until_idle(self, timeout: float) -> Iterator[float]:
         """The pauses of `wait_idle` (the faces sleep them their own way); `TimeoutError` at the deadline."""
+        timeout = check_seconds("timeout", timeout)
         deadline = time.monotonic() + timeout
         delay = 0.001
         while busy := self._core.in_flight():
@@ -963,24 +989,26 @@ class LiveServer:
         return self._core.served_when_raised(error)
 
     @contextlib.contextmanager
-    def expect_errors(self, *types: type[BaseException]) -> Iterator[list[BaseException]]:
+    def expect_errors(
+        self, *types: type[BaseException], at_least: int = 1, at_most: int | None = None
+    ) -> Iterator[list[BaseException]]:
         """Expect the app to raise errors of `types` while the block runs; yield the list they end up in.
 
         At the end of the block the errors of `types` the app raised meanwhile are taken
         out of `errors` (so `stop()` does not raise them) and put in the list. Raises
-        `AssertionError` if there were none. Errors of other types stay, and fail the test
-        as usual. In process mode an error matches by its type's name. Blocks briefly at
-        the end (see `settle`).
+        `AssertionError` if there were fewer than `at_least` (1 by default; 0 allows the
+        errors without requiring them) or more than `at_most` (no limit by default).
+        Errors of other types stay, and fail the test as usual. In process mode an error
+        matches by its type's name. Blocks briefly at the end (see `settle`).
         """
-        if not types or not all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in types):
-            raise TypeError(f"expect_errors() takes one or more exception classes, not {types!r}.")
+        expected_count(types, at_least, at_most)
         since = len(self._core.app_errors)
         expected: list[BaseException] = []
         yield expected
         expected.extend(self._core.take_expected(since, types))
-        if not expected:
-            names = " or ".join(kind.__name__ for kind in types)
-            raise AssertionError(f"expected the app of {self!r} to raise {names} in this block; it raised none.")
+        problem = expected_count_problem(types, len(expected), at_least, at_most, "in this block")
+        if problem:
+            raise AssertionError(f"expected the app of {self!r} to raise {problem}.")
 
     def settle(self) -> None:
         """Wait (at most 1 s) until the server has finished the step it was in when a client got its answer.

@@ -35,6 +35,7 @@ class LoopRun(ServingRun):
         crash = None if task.cancelled() else task.exception()
         if not self._ready.done():
             self._ready.set_exception(_ended_early(crash if crash is not None else asyncio.CancelledError()))
+            self._ready.exception()  # retrieved: a start abandoned meanwhile never reads it
         self._ended.set_result(crash)
 
     async def wait_ready_in_loop(self, timeout: float) -> bool:

@@ -8,10 +8,12 @@ over the channel; a ping over it settles the child's loop so `errors` are comple
 The child's stdout and stderr (merged) are drained by a thread into a bounded buffer,
 `output`, whose tail is in every error.
 
-Stopping closes the parent's end of the channel: the child stops the way thread mode
-does (and forces its own exit if that overruns); if it still runs, the core sends
-SIGTERM, then SIGKILL, each wait bounded. If the parent dies, the channel closes too and
-the child stops on its own, so no orphan is left.
+Stopping sends the child the stop signal (SIGTERM, or SIGINT with ``stop_signal``), as a
+process manager would: its handler is uvicorn's own ``handle_exit``, and the child then
+stops the way thread mode does (and forces its own exit if that overruns). If it still
+runs, the core sends SIGTERM and closes the channel, then SIGKILL, each wait bounded. An
+abandoned start, or a parent that dies, closes the channel: the child stops on its own,
+so no orphan is left.
 """
 
 from __future__ import annotations
@@ -140,6 +142,7 @@ class ProcessRun:
             "startup_timeout": settings.startup_timeout,
             "shutdown_timeout": settings.shutdown_timeout,
             "log_level": settings.log_level,
+            "stop_signal": settings.stop_signal,
             "sys_path": [os.path.abspath(entry) for entry in sys.path],
             "coverage": self._coverage.request() if self._coverage is not None else None,
         }
@@ -169,6 +172,7 @@ class ProcessRun:
                 stderr=subprocess.STDOUT,
                 env=env,
                 cwd=settings.cwd,
+                start_new_session=True,  # Ctrl-C in a terminal reaches the test, which stops its children itself
             )
         except OSError as exc:
             raise StartupFailed(
@@ -273,11 +277,22 @@ class ProcessRun:
         return self.process is not None and self.process.poll() is None
 
     def ask_stop(self, grace: float) -> None:
-        if not self._asked:
-            self._asked = True
-            self._died_while_serving = self._started() and not self.is_alive()
+        """A serving child gets the real stop signal, as from a process manager; a start is abandoned by closing
+        the channel (the child has no signal handler before it serves)."""
+        if self._asked:
+            return
+        self._asked = True
+        self._died_while_serving = self._started() and not self.is_alive()
+        if self._started() and self.process is not None and not self._died_while_serving:
             if grace != self._launch.settings.shutdown_timeout:
                 self._send(json.dumps({"stop": grace}))
+                self.settle()  # the child has read the grace before the signal starts the shutdown
+            with contextlib.suppress(OSError):  # it has just exited
+                self.process.send_signal(self._launch.settings.signal_number)
+            return
+        self._close_channel()
+
+    def _close_channel(self) -> None:
         with contextlib.suppress(OSError):
             self._control.shutdown(socket.SHUT_WR)  # end-of-file on the channel: the child stops
 
@@ -294,6 +309,9 @@ class ProcessRun:
         return True
 
     def force(self) -> None:
+        """The process manager's escalation: SIGTERM, and end-of-file on the channel, which makes a child whose
+        app replaced the stop signal's handler stop (and force its own exit) all the same."""
+        self._close_channel()
         if self.process is not None:
             self._signalled = "SIGTERM"
             self.process.terminate()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from uvicorn_testserver._errors import ServerStateError
 from uvicorn_testserver._lifecycle import LiveServer, ServerCore, errors_noted_on
 from uvicorn_testserver._process import ProcessRun
-from uvicorn_testserver._settings import AppType, LogLevel, ServerSettings
+from uvicorn_testserver._settings import AppType, LogLevel, ServerSettings, StopSignal, check_seconds
 from uvicorn_testserver._thread import ThreadRun
 
 if TYPE_CHECKING:
@@ -58,6 +59,7 @@ class UvicornTestServer(LiveServer):
         raise_server_exceptions: bool = True,
         log_level: LogLevel = "warning",
         propagate_logs: bool = True,
+        stop_signal: StopSignal | signal.Signals = "SIGTERM",
         env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None,
         **uvicorn_options: Any,
@@ -77,6 +79,7 @@ class UvicornTestServer(LiveServer):
             raise_server_exceptions=raise_server_exceptions,
             log_level=log_level,
             propagate_logs=propagate_logs,
+            stop_signal=stop_signal,
             uvicorn_options=uvicorn_options,
             env=env,
             cwd=cwd,
@@ -96,18 +99,23 @@ class UvicornTestServer(LiveServer):
         return self
 
     def stop(self, *, shutdown_timeout: float | None = None) -> None:
-        """Stop the server and block until it has ended. Idempotent; safe before `start()`.
+        """Stop the server the way `stop_signal` stops uvicorn, and block until it has ended. Idempotent;
+        safe before `start()`.
 
-        In-flight requests may finish for up to `shutdown_timeout` seconds (the server's,
-        unless given here for this stop), then they are cut and the log says which; idle
-        keep-alive and WebSocket connections are closed, lifespan shutdown runs, then
-        the exit is forced if needed (see "Modes" in the docs for the worst case per mode).
-        Raises `ServerShutdownError` if it still does not end, or ended badly, and then,
-        with `raise_server_exceptions`, `ServerExceptionsError` if the app raised while
-        serving, always after the server has fully stopped. If interrupted (Ctrl-C), the
-        server stays tracked: call `stop()` again, or it is stopped at interpreter exit.
+        The stop goes through uvicorn's own ``handle_exit`` (in process mode, the child
+        gets the real signal), so what the app hooks there runs. In-flight requests may
+        finish for up to `shutdown_timeout` seconds (the server's, unless given here for
+        this stop: 0 or more), then they are cut and the log says which; idle keep-alive
+        and WebSocket connections are closed, lifespan shutdown runs, then the exit is
+        forced if needed (see "Modes" in the docs for the worst case per mode). Raises
+        `ServerShutdownError` if it still does not end, or ended badly, and then, with
+        `raise_server_exceptions`, `ServerExceptionsError` if the app raised while
+        serving, always after the server has fully stopped. A run's errors are raised
+        once: a later `stop()` is a no-op, and `errors` keeps them until the next start.
+        If interrupted (Ctrl-C), the server stays tracked: call `stop()` again, or it is
+        stopped at interpreter exit.
         """
-        self._core.stop(shutdown_timeout)
+        self._core.stop(None if shutdown_timeout is None else check_seconds("shutdown_timeout", shutdown_timeout))
 
     def wait_idle(self, timeout: float = 5.0) -> None:
         """Block until the app handles no request or WebSocket, for example before a test resets a database.

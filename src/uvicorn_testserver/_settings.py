@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -30,11 +31,14 @@ __all__ = [
     "FACE_ONLY",
     "LEVELS",
     "MODES",
+    "STOP_SIGNALS",
     "AppType",
     "LogLevel",
     "Mode",
     "ServerSettings",
+    "StopSignal",
     "check_options",
+    "check_seconds",
     "check_uvicorn_options",
     "connect_host",
     "describe_app",
@@ -53,6 +57,10 @@ LEVELS: dict[str, int] = {
     "trace": 5,
 }
 
+StopSignal = Literal["SIGTERM", "SIGINT"]
+"""The signal whose handling `stop()` goes through, as a process manager (SIGTERM) or Ctrl-C (SIGINT) stops uvicorn."""
+STOP_SIGNALS: tuple[str, ...] = get_args(StopSignal)
+
 Mode = Literal["thread", "loop", "process"]
 """Where uvicorn runs: a daemon thread with its own loop, the caller's running loop, or a child process."""
 MODES: tuple[str, ...] = get_args(Mode)
@@ -69,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
     "raise_server_exceptions": True,
     "log_level": "warning",
     "propagate_logs": True,
+    "stop_signal": "SIGTERM",
 }
 
 #: uvicorn.Config options that make no sense for a test server, and why.
@@ -142,6 +151,7 @@ class ServerSettings:
     raise_server_exceptions: bool
     log_level: LogLevel
     propagate_logs: bool
+    stop_signal: StopSignal
     uvicorn_options: dict[str, Any]
     served_app: Any
     served_options: dict[str, Any]
@@ -170,6 +180,8 @@ class ServerSettings:
         if unknown := chosen.keys() - _CHOSEN:
             raise TypeError(f"unknown server options: {', '.join(sorted(unknown))}.")
         values = {"mode": "thread", **DEFAULTS, **chosen}
+        if isinstance(values["stop_signal"], signal.Signals):  # signal.SIGINT as well as "SIGINT"
+            values["stop_signal"] = values["stop_signal"].name
         options = dict(uvicorn_options)
         _check_values(options=options, env=env, cwd=cwd, **values)
         _check_app_for_mode(values["mode"], app)
@@ -207,6 +219,11 @@ class ServerSettings:
         return LEVELS[self.log_level]
 
     @property
+    def signal_number(self) -> int:
+        """`stop_signal` as a number, for ``handle_exit`` and ``os.kill``."""
+        return int(signal.Signals[self.stop_signal])
+
+    @property
     def scheme(self) -> Literal["http", "https"]:
         """``https`` with ``ssl=True`` or the user's own certificate, else ``http``."""
         return "https" if self.tls is not None or self.uvicorn_options.get("ssl_certfile") else "http"
@@ -241,6 +258,7 @@ def _check_values(
     raise_server_exceptions: Any,
     log_level: Any,
     propagate_logs: Any,
+    stop_signal: Any,
     options: dict[str, Any],
     env: Any,
     cwd: Any,
@@ -256,14 +274,24 @@ def _check_values(
         if not health_path.startswith("/"):
             raise ValueError(f"health_path must start with '/', like '/health', not {health_path!r}.")
     for name, value in (("startup_timeout", startup_timeout), ("shutdown_timeout", shutdown_timeout)):
-        _of_type(name, value, (int, float), "a positive number of seconds")
-        if not (value > 0 and math.isfinite(value)):
-            raise ValueError(f"{name} must be a positive number of seconds, not {value!r}.")
+        check_seconds(name, value, zero=False)
     _of_type("raise_server_exceptions", raise_server_exceptions, bool, "True or False")
     _one_of("log_level", log_level, tuple(LEVELS))
     _of_type("propagate_logs", propagate_logs, bool, "True or False")
+    _one_of("stop_signal", stop_signal.name if isinstance(stop_signal, signal.Signals) else stop_signal, STOP_SIGNALS)
     check_uvicorn_options(options)
     _check_mode(mode, options, env, cwd)
+
+
+def check_seconds(name: str, value: object, *, zero: bool = True) -> float:
+    """`value` as seconds, checked as every timeout is: a real number, finite, not negative (nor zero, unless
+    `zero`). Raises `TypeError` / `ValueError` naming `name`; per-call timeouts are checked here too."""
+    accepted = "a number of seconds (0 or more)" if zero else "a positive number of seconds"
+    _of_type(name, value, (int, float), accepted)
+    seconds = float(value)  # type: ignore[arg-type]  # checked just above
+    if not (math.isfinite(seconds) and (seconds >= 0 if zero else seconds > 0)):
+        raise ValueError(f"{name} must be {accepted}, not {value!r}.")
+    return seconds
 
 
 def _of_type(name: str, value: object, kind: type | tuple[type, ...], accepted: str) -> None:

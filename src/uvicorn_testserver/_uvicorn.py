@@ -6,11 +6,14 @@ double backquotes below is checked against the installed release by
 its checks agree:
 
 * ``Server.startup(sockets=)``, ``Server.main_loop()``, ``Server.on_tick(counter)``,
-  ``Server.shutdown(sockets=)``, ``Server.capture_signals()``
+  ``Server.shutdown(sockets=)``, ``Server.capture_signals()``, and
+  ``Server.handle_exit(sig, frame)``, the signal handler, which asks for the exit (a
+  second SIGINT forces it)
 * ``Server.started``, ``Server.should_exit``, ``Server.force_exit``, ``Server.servers``,
   ``Server.server_state.connections``, ``Server.server_state.tasks``
-* ``Server.lifespan``, with ``lifespan.should_exit`` and ``lifespan.shutdown()``; a
-  failed lifespan startup ends `Server.startup` in ``SystemExit``
+* ``Server.lifespan``, with ``lifespan.should_exit``, ``lifespan.shutdown()``,
+  ``lifespan.startup_event`` and ``lifespan.main()`` (the task `startup` creates and
+  keeps no reference to); a failed lifespan startup ends `Server.startup` in ``SystemExit``
 * ``Config.load()``, ``Config.loaded``, ``Config.loaded_app``, ``Config.lifespan_class``,
   ``Config.get_loop_factory()``, ``uvicorn.config.LOOP_FACTORIES``, and the order in
   which `Config.load` sets ``Config.http_protocol_class``, ``Config.ssl`` and
@@ -22,7 +25,13 @@ its checks agree:
 
 What it changes, and why:
 
-* `capture_signals` does nothing: a test harness must never take over Ctrl-C.
+* `capture_signals` does nothing: a test harness must never take over Ctrl-C. `stop()`
+  calls ``handle_exit`` on the server's loop instead, as a signal would (in process mode
+  the child installs it for SIGTERM and SIGINT and gets the real signal).
+* a start abandoned while lifespan startup runs cancels the lifespan task, or runs
+  lifespan shutdown if startup had completed, so no task is left pending.
+* an error the app raises after its response went out in full is logged as uvicorn logs
+  it, without closing the keep-alive connection under the client.
 * the HTTP protocol always writes access lines (the capture filters them per server),
   not only when the process has logging handlers.
 * `main_loop` wakes the moment `should_exit` is set instead of on uvicorn's 0.1 s tick.
@@ -39,6 +48,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import signal
 import socket
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -132,8 +142,9 @@ class _AppErrorRecorder:
         task = asyncio.current_task()
         method = scope.get("method", "WebSocket") if scope["type"] == "http" else "WebSocket"
         self.in_flight[task] = InFlight(method, scope.get("path", ""), time.monotonic())
+        response = _Response(send)
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, response.send if scope["type"] == "http" else send)
         except asyncio.CancelledError:
             if task is not None and task in self.cut:
                 task.uncancel()
@@ -141,7 +152,12 @@ class _AppErrorRecorder:
             raise
         except Exception as exc:
             self.on_error(exc, f"{method} {scope.get('path', '')}")
-            raise
+            if not response.complete:
+                raise
+            # The app answered in full (a framework's own 500), then re-raised. uvicorn would log it and close
+            # the keep-alive connection under a client that has no reason to expect it, failing the client's
+            # next request at random; the same line is logged here and the connection stays usable.
+            logging.getLogger("uvicorn.error").error("Exception in ASGI application\n", exc_info=exc)
         finally:
             self.in_flight.pop(task, None)
 
@@ -154,6 +170,21 @@ class _AppErrorRecorder:
         return watched
 
 
+class _Response:
+    """Watches what an HTTP handler sends: `complete` once the last body message went out."""
+
+    __slots__ = ("_send", "complete")
+
+    def __init__(self, send: Callable[[Any], Awaitable[None]]) -> None:
+        self._send = send
+        self.complete = False
+
+    async def send(self, message: Any) -> None:
+        await self._send(message)
+        if message.get("type") == "http.response.body" and not message.get("more_body", False):
+            self.complete = True
+
+
 class HarnessServer(uvicorn.Server):
     """A `uvicorn.Server` that starts on a given socket, stops at once and never touches signals."""
 
@@ -162,7 +193,11 @@ class HarnessServer(uvicorn.Server):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_app_error = on_app_error
         self._recorder: _AppErrorRecorder | None = None
+        self._lifespan_task: asyncio.Task[None] | None = None
         self._listening_stopped = False
+        self._exit_asked = False
+        #: Called (from any thread) once `should_exit` is set, however: a signal, uvicorn itself, `ask_stop`.
+        self.on_exit: Callable[[], None] | None = None
         super().__init__(config)
 
     # `should_exit` is set from the test's thread; wake the loop instead of waiting for a tick.
@@ -173,18 +208,36 @@ class HarnessServer(uvicorn.Server):
     @should_exit.setter
     def should_exit(self, value: bool) -> None:
         self._should_exit = value
-        if value and self._loop is not None and self._exit_event is not None:
+        if not value:
+            return
+        if self._loop is not None and self._exit_event is not None:
             with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing to wake
                 self._loop.call_soon_threadsafe(self._exit_event.set)
+        if self.on_exit is not None:
+            self.on_exit()
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
-    def ask_stop(self, grace: float) -> None:
-        """Stop serving (from any thread); requests in flight get `grace` seconds before they are cut."""
+    def ask_stop(self, grace: float, sig: int = signal.SIGTERM) -> None:
+        """Stop serving (from any thread) the way `sig` would under a process manager: through uvicorn's own
+        ``handle_exit`` on the server's loop, so what an app hooks there runs. Requests in flight get `grace`
+        seconds before they are cut. Once only: a second SIGINT would force the exit."""
         self.config.timeout_graceful_shutdown = grace  # type: ignore[assignment]  # an int to uvicorn's types
-        self.should_exit = True
+        if self._exit_asked or self.should_exit:
+            return
+        self._exit_asked = True
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self.handle_exit(sig, None)  # not serving yet (or any more): nothing runs on a loop
+            return
+        with contextlib.suppress(RuntimeError):  # closed meanwhile
+            loop.call_soon_threadsafe(self._exit_once, sig)
+
+    def _exit_once(self, sig: int) -> None:
+        if not self.should_exit:  # a real signal may have come first
+            self.handle_exit(sig, None)
 
     def force(self) -> None:
         """Skip what is left of the graceful shutdown (from any thread)."""
@@ -200,11 +253,17 @@ class HarnessServer(uvicorn.Server):
         config = self.config
         if isinstance(config.app, str):
             try:
-                import_from_string(config.app)
+                target = import_from_string(config.app)
             except ImportFromStringError as exc:
                 raise StartupFailed(f"cannot import the app {config.app!r}: {exc}") from exc
             except Exception as exc:
                 raise StartupFailed(f"importing the app {config.app!r} raised {exc!r}") from exc
+            if not callable(target):
+                what = "an app factory" if config.factory else "an ASGI or WSGI application"
+                raise StartupFailed(
+                    f"the app {config.app!r} names {type(target).__name__} {target!r}, not {what}. Name the "
+                    "application object (or its factory, with factory=True)"
+                )
         try:
             config.load()
         except SystemExit as exc:
@@ -223,9 +282,12 @@ class HarnessServer(uvicorn.Server):
         self._exit_event = asyncio.Event()
         if not self.config.loaded:
             self.load()
-        self.lifespan = self.config.lifespan_class(self.config)
+        self.lifespan = self._tracked(self.config.lifespan_class(self.config))
         try:
             await self.startup(sockets=[sock])
+        except asyncio.CancelledError:
+            await self._end_cancelled_startup()
+            raise
         except SystemExit:
             recorder = self._recorder
             app_error = recorder.lifespan_error if recorder is not None else None
@@ -237,6 +299,30 @@ class HarnessServer(uvicorn.Server):
         if self._recorder is not None:
             # An app without lifespan support raises on the lifespan scope; that is not an error.
             self._recorder.lifespan_error = None
+
+    def _tracked(self, lifespan: Any) -> Any:
+        """`lifespan`, its task kept (uvicorn keeps none) so a cancelled startup can end it."""
+        main = getattr(lifespan, "main", None)  # LifespanOn has one; LifespanOff runs nothing
+        if main is not None:
+
+            async def tracked_main() -> None:
+                self._lifespan_task = asyncio.current_task()
+                await main()
+
+            lifespan.main = tracked_main
+        return lifespan
+
+    async def _end_cancelled_startup(self) -> None:
+        """After a start was abandoned mid-way: close what listens, and end the app's lifespan cleanly. A
+        startup that completed gets its shutdown; one still running is cancelled, so no task is left pending."""
+        self._close_listeners()
+        lifespan, task = self.lifespan, self._lifespan_task
+        completed = getattr(lifespan, "startup_event", None)
+        if completed is not None and completed.is_set() and not lifespan.should_exit:
+            await lifespan.shutdown()
+        elif task is not None and not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def serve_on(self, sock: socket.socket, ready: _Ready) -> None:
         """`start` on `sock`, report the outcome through `ready`, then serve until `should_exit`."""

@@ -42,6 +42,8 @@ from uvicorn_testserver._errors import (
     ServerStartupError,
     ServerStateError,
     error_is_of,
+    expected_count,
+    expected_count_problem,
     format_exception,
 )
 from uvicorn_testserver._logs import format_records
@@ -278,7 +280,7 @@ def _marker_options(node: pytest.Item | pytest.Collector, base: Mapping[str, Any
                 f"@pytest.mark.uvicorn cannot set the app (on {node.nodeid}): override the uvicorn_app fixture, "
                 "or use uvicorn_server_factory(app)."
             )
-        options.update({key: value for key, value in marker.kwargs.items() if key != "expect_errors"})
+        options.update({key: value for key, value in marker.kwargs.items() if key not in _EXPECT_KEYS})
     if options != base:
         _check(options, f"@pytest.mark.uvicorn on {node.nodeid or 'the session'}")
     return options
@@ -301,7 +303,7 @@ class _Watch:
         self.errors: dict[ManagedServer, list[BaseException]] = {}
         self.failure: Exception | None = None  # what the teardown check raised
         self.raise_override: bool | None = None
-        self.expected: tuple[type[BaseException], ...] = ()  # from @pytest.mark.uvicorn(expect_errors=...)
+        self.expected: _Expected | None = None  # from @pytest.mark.uvicorn(expect_errors=...)
 
     def used(self, item: pytest.Item) -> list[ManagedServer]:
         """Servers this test started, or received through a fixture (directly or via other fixtures)."""
@@ -421,7 +423,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "uvicorn(**options): options for the servers uvicorn-testserver's fixtures start for this test: host, "
         "health_path, startup_timeout, shutdown_timeout, log_level, raise_server_exceptions, or any uvicorn.Config "
         "option. @pytest.mark.uvicorn(expect_errors=SomeError) lets a test provoke that app error on purpose (it then "
-        "fails if the error does not happen); raise_server_exceptions=False lets every app error through.",
+        "fails if the error does not happen; expect_errors_at_least=0 allows it without requiring it, "
+        "expect_errors_at_most=N caps it); raise_server_exceptions=False lets every app error through.",
     )
 
     state = _state(config)  # a bad option is a usage error now, not in the middle of the run
@@ -477,7 +480,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
             break
     for marker in item.iter_markers("uvicorn"):  # the closest first
         if "expect_errors" in marker.kwargs:
-            watch.expected = _expected_types(item, marker.kwargs["expect_errors"])
+            watch.expected = _Expected.from_marker(item, marker.kwargs)
             break
     result = yield
     for server in watch.used(item):
@@ -549,19 +552,41 @@ def _check_shared_idle(item: pytest.Item, state: _State) -> None:
                 _warn_in_flight(server, item.nodeid, cut=False)
 
 
-def _no_expected_error(expected: tuple[type[BaseException], ...]) -> AssertionError:
-    names = " or ".join(kind.__name__ for kind in expected)
-    return AssertionError(f"@pytest.mark.uvicorn(expect_errors=...): the app raised no {names} in this test.")
+_EXPECT_KEYS = frozenset({"expect_errors", "expect_errors_at_least", "expect_errors_at_most"})
 
 
-def _expected_types(item: pytest.Item, value: Any) -> tuple[type[BaseException], ...]:
-    types = value if isinstance(value, tuple) else (value,)
-    if not types or not all(isinstance(kind, type) and issubclass(kind, BaseException) for kind in types):
-        raise pytest.UsageError(
-            f"@pytest.mark.uvicorn(expect_errors=...) takes an exception class or a tuple of them (on "
-            f"{item.nodeid}), e.g. expect_errors=ZeroDivisionError; got {value!r}."
+class _Expected:
+    """What @pytest.mark.uvicorn(expect_errors=..., expect_errors_at_least=..., expect_errors_at_most=...) allows."""
+
+    def __init__(self, types: tuple[type[BaseException], ...], at_least: int, at_most: int | None) -> None:
+        self.types, self.at_least, self.at_most = types, at_least, at_most
+
+    @classmethod
+    def from_marker(cls, item: pytest.Item, kwargs: Mapping[str, Any]) -> _Expected:
+        value = kwargs["expect_errors"]
+        types = value if isinstance(value, tuple) else (value,)
+        at_least, at_most = kwargs.get("expect_errors_at_least", 1), kwargs.get("expect_errors_at_most")
+        try:
+            expected_count(types, at_least, at_most)
+        except (TypeError, ValueError) as exc:
+            raise pytest.UsageError(
+                f"@pytest.mark.uvicorn(expect_errors=...) on {item.nodeid}: {exc} It takes an exception class or "
+                "a tuple of them, e.g. expect_errors=ZeroDivisionError, and optionally expect_errors_at_least=0 "
+                "(allowed, not required) and expect_errors_at_most=N."
+            ) from None
+        return cls(types, at_least, at_most)
+
+    def matches(self, error: BaseException) -> bool:
+        return error_is_of(error, self.types)
+
+    def failure(self, count: int) -> AssertionError | None:
+        """The failure for a test in which the app raised `count` expected errors, if that is not allowed."""
+        problem = expected_count_problem(self.types, count, self.at_least, self.at_most, "in this test")
+        return (
+            AssertionError(f"@pytest.mark.uvicorn(expect_errors=...): expected the app to raise {problem}.")
+            if problem
+            else None
         )
-    return types
 
 
 def _teardown_failure(item: pytest.Item) -> Exception | None:
@@ -570,12 +595,12 @@ def _teardown_failure(item: pytest.Item) -> Exception | None:
     if watch is None:
         return None
     failures: list[Exception] = []
-    expected_seen = False
+    expected_count_seen = 0
     for server in watch.used(item):
         errors = watch.take_errors(server)
-        if watch.expected:
-            matching = {id(error) for error in errors if error_is_of(error, watch.expected)}
-            expected_seen = expected_seen or bool(matching)
+        if watch.expected is not None:
+            matching = {id(error) for error in errors if watch.expected.matches(error)}
+            expected_count_seen += len(matching)
             errors = [error for error in errors if id(error) not in matching]
         if server.shared_options is not None and watch.raise_override is not None:
             raise_them = watch.raise_override
@@ -584,8 +609,10 @@ def _teardown_failure(item: pytest.Item) -> Exception | None:
         if errors and raise_them:
             failures.append(_exceptions_error(server, errors))
     shared = item.config.pluginmanager.get_plugin(_SHARED_RUN)
-    if watch.expected and not expected_seen and not (isinstance(shared, _SharedRunHooks) and shared.uses(item)):
-        failures.append(_no_expected_error(watch.expected))
+    if watch.expected is not None and not (isinstance(shared, _SharedRunHooks) and shared.uses(item)):
+        count_failure = watch.expected.failure(expected_count_seen)
+        if count_failure is not None:
+            failures.append(count_failure)
     if not failures:
         return None
     for other in failures[1:]:
@@ -728,11 +755,12 @@ class _SharedRunHooks:
                 errors.append(error)
                 served.append(entry["serving"])
         watch = item.stash.get(_WATCH, None)
-        expected = watch.expected if watch is not None else ()
-        if expected:
-            if not any(error_is_of(error, expected) for error in errors):
-                raise _no_expected_error(expected)
-            kept = [(e, s) for e, s in zip(errors, served, strict=True) if not error_is_of(e, expected)]
+        expected = watch.expected if watch is not None else None
+        if expected is not None:
+            count_failure = expected.failure(sum(1 for error in errors if expected.matches(error)))
+            if count_failure is not None:
+                raise count_failure
+            kept = [(e, s) for e, s in zip(errors, served, strict=True) if not expected.matches(e)]
             errors, served = [e for e, _ in kept], [s for _, s in kept]
         raise_them = _state(item.config).settings.server_options["raise_server_exceptions"]
         if not errors or not raise_them:
