@@ -52,6 +52,12 @@ async def boom(request: Request) -> Response:
     return PlainTextResponse("fine")
 
 
+async def slow(request: Request) -> PlainTextResponse:
+    await asyncio.sleep(0.3)
+    record("slow request done")
+    return PlainTextResponse("slept")
+
+
 async def sse(request: Request) -> EventSourceResponse:
     async def ticks() -> AsyncIterator[dict[str, str]]:
         number = 0
@@ -64,7 +70,7 @@ async def sse(request: Request) -> EventSourceResponse:
 
 
 app = Starlette(
-    routes=[Route("/", hello), Route("/boom", boom), Route("/sse", sse)],
+    routes=[Route("/", hello), Route("/boom", boom), Route("/slow", slow), Route("/sse", sse)],
     lifespan=_recorded,
 )
 
