@@ -10,6 +10,9 @@ right before a block's opening fence says how to treat it:
 Any other ```python block is run: one that defines a ``test_`` function is a test
 module (pytest runs them all once the page's scripts have run), any other is a script
 (``python``, exit status 0).
+
+A page that drives Debian's Chromium (it names ``/usr/bin/chromium``) is skipped on a
+machine without it, as the browser tests are, except in CI.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from test_browser import require_chromium
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -78,6 +83,8 @@ def _runs(page: Path) -> bool:
 
 @pytest.mark.parametrize("page", [page for page in PAGES if _runs(page)], ids=_page_id)
 def test_snippets_run(page: Path, tmp_path: Path) -> None:
+    if "/usr/bin/chromium" in page.read_text():
+        require_chromium()  # a page that drives Debian's Chromium: skipped without it, as the browser tests are
     tests_written = 0
     for block in blocks_of(page):
         where = f"{_page_id(page)}:{block.line}"

@@ -33,7 +33,9 @@ class UvicornTestServer(LiveServer):
     loop. ``mode="process"`` runs the app, given as an import string, in a child Python
     process (with `env` and `cwd`; `output`, `pid` and `returncode` tell what it did).
     ``ssl=True`` serves HTTPS/WSS with a throw-away CA (`ssl_context`, `ca_path`).
-    `health_path`, if set, must answer 2xx before `start()` returns. Extra keyword
+    `health_path`, if set, must answer 2xx before `start()` returns. `stop_signal`
+    (``"SIGTERM"``, or ``"SIGINT"``) is the signal whose handling `stop()` goes through,
+    as under a process manager. Extra keyword
     arguments go to `uvicorn.Config` (``factory``, ``root_path``, ``http``, ``ws``,
     ``lifespan``, ...). Every option is checked here: a wrong one raises `TypeError` or
     `ValueError` before anything starts.
