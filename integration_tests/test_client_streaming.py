@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from starlette.responses import StreamingResponse
 
 from uvicorn_testserver import ClientTimeoutError, ServerSentEvent, create_test_server
-from uvicorn_testserver._streaming import _LineSplitter
+from uvicorn_testserver._client.streaming import _LineSplitter
 
 
 def _streaming_app() -> tuple[FastAPI, list[str]]:

@@ -154,7 +154,7 @@ def test_without_pytest_django_nothing_of_it_loads(pytester: pytest.Pytester) ->
 
         def test_nothing_imported(uvicorn_server_factory):
             assert "django" not in sys.modules
-            assert "uvicorn_testserver._django" not in sys.modules
+            assert "uvicorn_testserver._plugin.django" not in sys.modules
 
         def test_uses_it(uvicorn_live_server):
             pass

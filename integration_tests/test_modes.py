@@ -431,7 +431,7 @@ def test_the_sync_face_shows_its_real_signature() -> None:
 def test_every_face_has_the_same_defaults(face: Callable[..., Any]) -> None:
     import inspect
 
-    from uvicorn_testserver._settings import DEFAULTS
+    from uvicorn_testserver._core.settings import DEFAULTS
 
     parameters = inspect.signature(face).parameters
     assert {name: parameters[name].default for name in DEFAULTS} == DEFAULTS

@@ -11,7 +11,7 @@ import pytest
 def test_loading_the_plugin_imports_no_server_machinery() -> None:
     code = (
         "import sys, uvicorn_testserver.plugin\n"
-        "heavy = ('uvicorn', 'ssl', 'anyio', 'aiohttp', 'websockets', 'uvicorn_testserver._server')\n"
+        "heavy = ('uvicorn', 'ssl', 'anyio', 'aiohttp', 'websockets', 'uvicorn_testserver._faces.sync_server')\n"
         "print(sorted(name for name in heavy if name in sys.modules))"
     )
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)

@@ -61,7 +61,7 @@ def test_py_typed_is_shipped_in_the_wheel(tmp_path: Path) -> None:
 def attribute_docstrings() -> dict[str, str]:
     """Docstrings written under module-level assignments (``Alias = ...`` then ``\"\"\"...\"\"\"``)."""
     docs = {}
-    for path in PACKAGE_DIR.glob("*.py"):
+    for path in PACKAGE_DIR.rglob("*.py"):
         body = ast.parse(path.read_text()).body
         for statement, following in itertools.pairwise(body):
             targets = statement.targets if isinstance(statement, ast.Assign) else []
@@ -89,15 +89,30 @@ def test_every_public_name_has_a_docstring(name: str) -> None:
     assert doc.strip(), f"{name} has an empty docstring"
 
 
+def _modules() -> dict[str, Path]:
+    """Every module of the package, subpackages included, by its dotted name below it ('' for the package)."""
+    found = {}
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        parts = list(path.relative_to(PACKAGE_DIR).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
 def _internal_imports() -> dict[str, list[tuple[str, str]]]:
-    """module -> [(imported module, name)] for every ``from uvicorn_testserver.X import name`` in src."""
+    """module -> [(module imported from, name)] for every ``from uvicorn_testserver... import name`` in src;
+    ``from package import module`` is (that module, '')."""
+    modules = _modules()
     found: dict[str, list[tuple[str, str]]] = {}
-    for path in sorted(PACKAGE_DIR.glob("*.py")):
-        imports = found.setdefault(path.stem, [])
+    for module, path in modules.items():
+        imports = found.setdefault(module, [])
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("uvicorn_testserver"):
-                target = (node.module or "").removeprefix("uvicorn_testserver").lstrip(".") or "__init__"
-                imports.extend((target.split(".")[0], alias.name) for alias in node.names)
+                source = (node.module or "").removeprefix("uvicorn_testserver").lstrip(".")
+                for alias in node.names:
+                    sub = f"{source}.{alias.name}".lstrip(".")
+                    imports.append((sub, "") if sub in modules else (source, alias.name))
     return found
 
 
@@ -106,15 +121,14 @@ def test_no_module_imports_another_modules_private_names() -> None:
         f"{module} imports {target}.{name}"
         for module, imports in _internal_imports().items()
         for target, name in imports
-        if target != "__init__" and name.startswith("_") and not name.startswith("__") and name != target
+        if target and name.startswith("_") and not name.startswith("__")
     ]
     assert private == []
 
 
 def test_imports_flow_one_way_without_cycles() -> None:
     graph = {
-        module: {target for target, name in imports if target not in ("__init__", module)}
-        | {name for target, name in imports if target == "__init__" and name.startswith("_")}
+        module: {target for target, _ in imports if target not in ("", module)}
         for module, imports in _internal_imports().items()
     }
 
@@ -130,8 +144,8 @@ def test_imports_flow_one_way_without_cycles() -> None:
 def test_uvicorn_internals_are_used_in_one_module_only() -> None:
     internal = ("uvicorn.server", "uvicorn.config", "uvicorn.protocols", "uvicorn.lifespan", "uvicorn.main")
     users = sorted(
-        path.name
-        for path in PACKAGE_DIR.glob("*.py")
+        str(path.relative_to(PACKAGE_DIR))
+        for path in PACKAGE_DIR.rglob("*.py")
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.ImportFrom | ast.Import)
         and any(
@@ -139,7 +153,7 @@ def test_uvicorn_internals_are_used_in_one_module_only() -> None:
             for name in ([node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names])
         )
     )
-    assert set(users) == {"_uvicorn.py"}
+    assert set(users) == {"_core/uvicorn_internals.py"}
 
 
 @pytest.mark.parametrize("name", [name for name in uvicorn_testserver.__all__ if name != "__version__"])

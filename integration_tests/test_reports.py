@@ -73,4 +73,4 @@ def test_the_apps_traceback_is_printed_at_most_twice_and_the_summary_names_the_c
     result.stdout.fnmatch_lines(
         ["* - uvicorn_testserver.ServerExceptionsError: ZeroDivisionError: division by zero in GET /divide*"]
     )
-    assert "uvicorn_testserver._errors" not in output
+    assert "uvicorn_testserver._core.errors" not in output

@@ -2,7 +2,7 @@
 
 A uvicorn release that changes one of them fails here, naming the member, instead of
 breaking the harness in some confusing way. The members are listed in the docstring of
-``src/uvicorn_testserver/_uvicorn.py``; `test_every_listed_member_has_a_check` keeps
+``src/uvicorn_testserver/_core/uvicorn_internals.py``; `test_every_listed_member_has_a_check` keeps
 that list and these checks in step.
 """
 
@@ -32,7 +32,8 @@ import uvicorn.importer
 from websockets.asyncio.client import connect
 
 import apps
-from uvicorn_testserver import ServerStartupError, UvicornTestServer, _uvicorn
+from uvicorn_testserver import ServerStartupError, UvicornTestServer
+from uvicorn_testserver._core import uvicorn_internals
 
 UVICORN = importlib.metadata.version("uvicorn")
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
@@ -320,15 +321,16 @@ def test_uvicorn_still_has(member: str, observed: Observed) -> None:
     except (AssertionError, AttributeError, TypeError, KeyError) as exc:
         pytest.fail(
             f"uvicorn {UVICORN} changed {member}, which uvicorn-testserver relies on ({exc!r}). "
-            "Adapt src/uvicorn_testserver/_uvicorn.py, or pin uvicorn below this release in pyproject.toml."
+            "Adapt src/uvicorn_testserver/_core/uvicorn_internals.py, or pin uvicorn below this release in "
+            "pyproject.toml."
         )
 
 
 def test_every_listed_member_has_a_check() -> None:
-    assert _uvicorn.__doc__ is not None
-    listed = set(re.findall(r"``(.+?)``", _uvicorn.__doc__.split("What it changes")[0], flags=re.DOTALL))
+    assert uvicorn_internals.__doc__ is not None
+    listed = set(re.findall(r"``(.+?)``", uvicorn_internals.__doc__.split("What it changes")[0], flags=re.DOTALL))
     listed = {" ".join(member.split()) for member in listed}
-    assert listed == set(CHECKS), "the docstring of _uvicorn.py and the checks here disagree"
+    assert listed == set(CHECKS), "the docstring of uvicorn_internals.py and the checks here disagree"
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

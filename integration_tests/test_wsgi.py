@@ -17,7 +17,7 @@ from apps import Baseline, hello_app
 from apps_flask import app as flask_app
 from apps_flask import create_app, hello_wsgi
 from uvicorn_testserver import ServerExceptionsError, ServerStartupError, UvicornTestServer
-from uvicorn_testserver._wsgi import is_wsgi_app
+from uvicorn_testserver._core.wsgi import is_wsgi_app
 
 # -- serving ---------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from importlib.metadata import version as _version
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 from typing import Any as _Any
 
-from uvicorn_testserver._errors import (
+from uvicorn_testserver._core.errors import (
     ClientTimeoutError,
     InFlightWarning,
     InvalidResponseTypeError,
@@ -23,37 +23,37 @@ from uvicorn_testserver._errors import (
     ServerStateError,
     WebSocketClosedError,
 )
-from uvicorn_testserver._logs import ServerLog
-from uvicorn_testserver._settings import LogLevel
+from uvicorn_testserver._core.logs import ServerLog
+from uvicorn_testserver._core.settings import LogLevel
 
 if _TYPE_CHECKING:
-    from uvicorn_testserver._async import AsyncServerMode, AsyncTestServer, create_test_server
-    from uvicorn_testserver._client import AsyncTestClient
-    from uvicorn_testserver._process import ChildAppError
-    from uvicorn_testserver._response import AsyncTestResponse
-    from uvicorn_testserver._server import ProcessServer, UvicornTestServer
-    from uvicorn_testserver._shared import SharedServer
-    from uvicorn_testserver._streaming import AsyncTestStream, EventStream, ServerSentEvent
-    from uvicorn_testserver._websocket import WebSocketConfig, WebSocketHelper
+    from uvicorn_testserver._client.client import AsyncTestClient
+    from uvicorn_testserver._client.response import AsyncTestResponse
+    from uvicorn_testserver._client.streaming import AsyncTestStream, EventStream, ServerSentEvent
+    from uvicorn_testserver._client.websocket import WebSocketConfig, WebSocketHelper
+    from uvicorn_testserver._faces.async_server import AsyncServerMode, AsyncTestServer, create_test_server
+    from uvicorn_testserver._faces.sync_server import ProcessServer, UvicornTestServer
+    from uvicorn_testserver._plugin.run_scope import SharedServer
+    from uvicorn_testserver._runners.process import ChildAppError
 
 
 # The servers load on first use: the sync face imports uvicorn, the async API aiohttp and anyio
 # (about 0.3 s), and the pytest plugin, loaded in every run, imports this package.
 _LAZY = {
-    "ProcessServer": "_server",
-    "UvicornTestServer": "_server",
-    "AsyncServerMode": "_async",
-    "AsyncTestClient": "_client",
-    "AsyncTestResponse": "_response",
-    "AsyncTestServer": "_async",
-    "AsyncTestStream": "_streaming",
-    "ChildAppError": "_process",
-    "EventStream": "_streaming",
-    "ServerSentEvent": "_streaming",
-    "SharedServer": "_shared",
-    "WebSocketConfig": "_websocket",
-    "WebSocketHelper": "_websocket",
-    "create_test_server": "_async",
+    "ProcessServer": "_faces.sync_server",
+    "UvicornTestServer": "_faces.sync_server",
+    "AsyncServerMode": "_faces.async_server",
+    "AsyncTestClient": "_client.client",
+    "AsyncTestResponse": "_client.response",
+    "AsyncTestServer": "_faces.async_server",
+    "AsyncTestStream": "_client.streaming",
+    "ChildAppError": "_runners.process",
+    "EventStream": "_client.streaming",
+    "ServerSentEvent": "_client.streaming",
+    "SharedServer": "_plugin.run_scope",
+    "WebSocketConfig": "_client.websocket",
+    "WebSocketHelper": "_client.websocket",
+    "create_test_server": "_faces.async_server",
 }
 
 

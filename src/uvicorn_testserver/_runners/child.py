@@ -1,4 +1,4 @@
-"""The child process of ``mode="process"``: ``python -m uvicorn_testserver._child``.
+"""The child process of ``mode="process"``: ``python -m uvicorn_testserver._runners.child``.
 
 The parent passes two inherited file descriptors: the listening socket it bound, and
 one end of a socket pair, the *control channel*. Over the channel the parent sends one
@@ -37,13 +37,14 @@ import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from uvicorn_testserver._coverage import start_in_child
-from uvicorn_testserver._errors import ServerShutdownError, ServerStartupError, exception_fields
-from uvicorn_testserver._lifecycle import FORCE_GRACE, Launch, ServerCore
-from uvicorn_testserver._logs import record_fields
-from uvicorn_testserver._process import EXIT_FORCED, EXIT_STARTUP_FAILED
-from uvicorn_testserver._settings import LEVELS, ServerSettings
-from uvicorn_testserver._thread import ThreadRun
+from uvicorn_testserver._core.engine import ServerCore
+from uvicorn_testserver._core.errors import ServerShutdownError, ServerStartupError, exception_fields
+from uvicorn_testserver._core.logs import record_fields
+from uvicorn_testserver._core.run import FORCE_GRACE, Launch
+from uvicorn_testserver._core.settings import LEVELS, ServerSettings
+from uvicorn_testserver._runners.coverage import start_in_child
+from uvicorn_testserver._runners.process import EXIT_FORCED, EXIT_STARTUP_FAILED
+from uvicorn_testserver._runners.thread import ThreadRun
 
 
 class Channel:
@@ -218,7 +219,7 @@ def fail(channel: Channel, reason: str, cause: BaseException | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m uvicorn_testserver._child", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m uvicorn_testserver._runners.child", description=__doc__)
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     args = parser.parse_args(argv)

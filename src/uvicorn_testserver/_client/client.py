@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING, Any, Self
 import aiohttp
 from multidict import CIMultiDict
 
-from uvicorn_testserver._errors import ClientTimeoutError, ServerStateError
-from uvicorn_testserver._response import DEFAULT_TIMEOUT, AsyncTestResponse
-from uvicorn_testserver._streaming import AsyncTestStream, EventStream
-from uvicorn_testserver._websocket import WebSocketConfig, WebSocketHelper
+from uvicorn_testserver._client.response import DEFAULT_TIMEOUT, AsyncTestResponse
+from uvicorn_testserver._client.streaming import AsyncTestStream, EventStream
+from uvicorn_testserver._client.websocket import WebSocketConfig, WebSocketHelper
+from uvicorn_testserver._core.errors import ClientTimeoutError, ServerStateError
 
 if TYPE_CHECKING:
     import ssl as ssl_module

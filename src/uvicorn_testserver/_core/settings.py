@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 if TYPE_CHECKING:
-    from uvicorn_testserver._tls import ServerTLS
+    from uvicorn_testserver._core.tls import ServerTLS
 
 # uvicorn, ssl (for ssl=True) and a2wsgi (for WSGI apps) load when a server is built, not on import:
 # the pytest plugin reads its options with this module, and must cost nothing to a suite that never uses it.
@@ -188,13 +188,13 @@ class ServerSettings:
         ssl = values.pop("ssl")
         tls = None
         if ssl:
-            from uvicorn_testserver._tls import server_tls
+            from uvicorn_testserver._core.tls import server_tls
 
             tls = server_tls(ssl, options, values["host"])
         if values["mode"] == "process":  # the child imports the app and wraps a WSGI app itself
             served_app, served_options = app, options
         else:
-            from uvicorn_testserver._wsgi import serve_app
+            from uvicorn_testserver._core.wsgi import serve_app
 
             served_app, served_options = serve_app(app, options)
         return cls(

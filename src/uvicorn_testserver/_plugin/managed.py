@@ -8,9 +8,9 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Self
 
-from uvicorn_testserver._errors import ServerExceptionsError
-from uvicorn_testserver._server import UvicornTestServer
-from uvicorn_testserver._settings import AppType
+from uvicorn_testserver._core.errors import ServerExceptionsError
+from uvicorn_testserver._core.settings import AppType
+from uvicorn_testserver._faces.sync_server import UvicornTestServer
 
 __all__ = ["ManagedServer"]
 

@@ -9,11 +9,12 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
-from uvicorn_testserver._errors import ServerStateError
-from uvicorn_testserver._lifecycle import LiveServer, ServerCore, errors_noted_on
-from uvicorn_testserver._process import ProcessRun
-from uvicorn_testserver._settings import AppType, LogLevel, ServerSettings, StopSignal, check_seconds
-from uvicorn_testserver._thread import ThreadRun
+from uvicorn_testserver._core.engine import ServerCore
+from uvicorn_testserver._core.errors import ServerStateError
+from uvicorn_testserver._core.settings import AppType, LogLevel, ServerSettings, StopSignal, check_seconds
+from uvicorn_testserver._faces.live import LiveServer, errors_noted_on
+from uvicorn_testserver._runners.process import ProcessRun
+from uvicorn_testserver._runners.thread import ThreadRun
 
 if TYPE_CHECKING:
     from websockets.sync.client import ClientConnection
@@ -157,18 +158,18 @@ class UvicornTestServer(LiveServer):
             self.stop()
 
     async def __aenter__(self) -> Self:
-        from uvicorn_testserver import _bridge  # anyio: only for async tests
+        from uvicorn_testserver._faces import bridge  # anyio: only for async tests
 
-        await _bridge.start(self._core)
+        await bridge.start(self._core)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        from uvicorn_testserver import _bridge
+        from uvicorn_testserver._faces import bridge
 
         with errors_noted_on(exc):
-            await _bridge.stop(self._core)
+            await bridge.stop(self._core)
 
 
 class ProcessServer(UvicornTestServer):

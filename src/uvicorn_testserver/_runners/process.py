@@ -1,8 +1,8 @@
 """``mode="process"``: the app runs in a child Python process; the parent keeps the lifecycle.
 
 The core binds the listening socket (so the port is race-free, as in every mode), and
-`ProcessRun` passes its descriptor to ``python -m uvicorn_testserver._child`` with one
-end of a socket pair, the control channel (see `uvicorn_testserver._child`).
+`ProcessRun` passes its descriptor to ``python -m uvicorn_testserver._runners.child`` with one
+end of a socket pair, the control channel (see `uvicorn_testserver._runners.child`).
 Readiness, startup failures, log records and the app's unhandled exceptions come back
 over the channel; a ping over it settles the child's loop so `errors` are complete.
 The child's stdout and stderr (merged) are drained by a thread into a bounded buffer,
@@ -34,10 +34,10 @@ from collections import deque
 from collections.abc import Mapping
 from typing import IO, Any
 
-from uvicorn_testserver._coverage import ChildCoverage
-from uvicorn_testserver._lifecycle import FORCE_GRACE, Launch, StartupFailed, done_within
-from uvicorn_testserver._logs import LOGGER_NAMES, record_from_fields
-from uvicorn_testserver._uvicorn import InFlight
+from uvicorn_testserver._core.logs import LOGGER_NAMES, record_from_fields
+from uvicorn_testserver._core.run import FORCE_GRACE, Launch, done_within
+from uvicorn_testserver._core.uvicorn_internals import InFlight, StartupFailed
+from uvicorn_testserver._runners.coverage import ChildCoverage
 
 __all__ = ["EXIT_FORCED", "EXIT_STARTUP_FAILED", "ChildAppError", "ProcessRun"]
 
@@ -161,7 +161,7 @@ class ProcessRun:
     def _popen(self, listener: socket.socket) -> subprocess.Popen[bytes]:
         settings = self._launch.settings
         env = None if settings.env is None else {**os.environ, **settings.env}
-        command = [sys.executable, "-m", "uvicorn_testserver._child"]
+        command = [sys.executable, "-m", "uvicorn_testserver._runners.child"]
         command += ["--listen-fd", str(listener.fileno()), "--control-fd", str(self._child_end.fileno())]
         try:
             return subprocess.Popen(

@@ -23,8 +23,8 @@ from typing import Any
 import anyio
 import sniffio
 
-from uvicorn_testserver._errors import ServerExceptionsError, ServerShutdownError
-from uvicorn_testserver._lifecycle import ServerCore
+from uvicorn_testserver._core.engine import ServerCore
+from uvicorn_testserver._core.errors import ServerExceptionsError, ServerShutdownError
 
 __all__ = ["start", "stop"]
 

@@ -11,8 +11,8 @@ from typing import Any, Literal, TypeAlias
 
 import aiohttp
 
-from uvicorn_testserver._errors import ClientTimeoutError, WebSocketClosedError
-from uvicorn_testserver._response import DEFAULT_TIMEOUT, AsyncTestResponse
+from uvicorn_testserver._client.response import DEFAULT_TIMEOUT, AsyncTestResponse
+from uvicorn_testserver._core.errors import ClientTimeoutError, WebSocketClosedError
 
 __all__ = ["WebSocketConfig", "WebSocketHelper", "WebSocketLike"]
 

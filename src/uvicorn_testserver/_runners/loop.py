@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 
-from uvicorn_testserver._lifecycle import Launch, ServingRun, StartupFailed, done_within
+from uvicorn_testserver._core.run import Launch, done_within
+from uvicorn_testserver._core.uvicorn_internals import StartupFailed
+from uvicorn_testserver._runners.serving import ServingRun
 
 __all__ = ["LoopRun"]
 

@@ -59,7 +59,7 @@ import uvicorn
 from uvicorn.config import LOOP_FACTORIES
 from uvicorn.importer import ImportFromStringError, import_from_string
 
-from uvicorn_testserver._logs import current_log, harness_logger
+from uvicorn_testserver._core.logs import current_log, harness_logger
 
 __all__ = ["AppErrorSink", "HarnessServer", "InFlight", "StartupFailed", "loop_factory", "make_config"]
 

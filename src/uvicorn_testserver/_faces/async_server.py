@@ -22,15 +22,17 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 import anyio
 import sniffio
 
-from uvicorn_testserver import _bridge
-from uvicorn_testserver._client import AsyncTestClient
-from uvicorn_testserver._errors import ServerStateError
-from uvicorn_testserver._lifecycle import Launch, LiveServer, Run, ServerCore, errors_noted_on
-from uvicorn_testserver._loop import LoopRun
-from uvicorn_testserver._process import ProcessRun
-from uvicorn_testserver._response import DEFAULT_TIMEOUT
-from uvicorn_testserver._settings import AppType, LogLevel, Mode, ServerSettings, StopSignal, check_seconds
-from uvicorn_testserver._thread import ThreadRun
+from uvicorn_testserver._client.client import AsyncTestClient
+from uvicorn_testserver._client.response import DEFAULT_TIMEOUT
+from uvicorn_testserver._core.engine import ServerCore
+from uvicorn_testserver._core.errors import ServerStateError
+from uvicorn_testserver._core.run import Launch, Run
+from uvicorn_testserver._core.settings import AppType, LogLevel, Mode, ServerSettings, StopSignal, check_seconds
+from uvicorn_testserver._faces import bridge
+from uvicorn_testserver._faces.live import LiveServer, errors_noted_on
+from uvicorn_testserver._runners.loop import LoopRun
+from uvicorn_testserver._runners.process import ProcessRun
+from uvicorn_testserver._runners.thread import ThreadRun
 
 if TYPE_CHECKING:
     from websockets.asyncio.client import connect as WebSocketConnect
@@ -207,7 +209,7 @@ class AsyncTestServer(LiveServer):
             self._loop = asyncio.get_running_loop()
         if self.is_running:
             raise ServerStateError(f"{self!r} is already running at {self.base_url}; call stop() first.")
-        await _bridge.start(self._core, in_loop=self.mode == "loop")
+        await bridge.start(self._core, in_loop=self.mode == "loop")
         if backend == "asyncio":
             self._client = AsyncTestClient(self.base_url, timeout=self.client_timeout, ssl=self._client_ssl())
         return self
@@ -236,7 +238,7 @@ class AsyncTestServer(LiveServer):
                     await client.close()
             except anyio.get_cancelled_exc_class() as exc:  # a native asyncio cancellation: the stop goes on
                 interrupted = exc
-        await _bridge.stop(self._core, grace, in_loop=self.mode == "loop", interrupted=interrupted)
+        await bridge.stop(self._core, grace, in_loop=self.mode == "loop", interrupted=interrupted)
 
     async def __aenter__(self) -> Self:
         return await self.start()

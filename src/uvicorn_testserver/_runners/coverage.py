@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from uvicorn_testserver._logs import harness_logger
+from uvicorn_testserver._core.logs import harness_logger
 
 __all__ = ["ChildCoverage", "start_in_child"]
 

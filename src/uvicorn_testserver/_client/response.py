@@ -9,7 +9,7 @@ from typing import Any, Self
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from uvicorn_testserver._errors import InvalidResponseTypeError
+from uvicorn_testserver._core.errors import InvalidResponseTypeError
 
 __all__ = ["DEFAULT_TIMEOUT", "AsyncTestResponse", "body_preview", "charset_of"]
 

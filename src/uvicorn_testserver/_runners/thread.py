@@ -6,9 +6,10 @@ import asyncio
 import concurrent.futures
 import threading
 
-from uvicorn_testserver._lifecycle import Launch, ServingRun, StartupFailed, done_within
-from uvicorn_testserver._logs import capture_into
-from uvicorn_testserver._uvicorn import loop_factory
+from uvicorn_testserver._core.logs import capture_into
+from uvicorn_testserver._core.run import Launch, done_within
+from uvicorn_testserver._core.uvicorn_internals import StartupFailed, loop_factory
+from uvicorn_testserver._runners.serving import ServingRun
 
 __all__ = ["ThreadRun"]
 

@@ -22,8 +22,8 @@ from typing import Any, Self
 import aiohttp
 from multidict import CIMultiDictProxy
 
-from uvicorn_testserver._errors import ClientTimeoutError, ServerStateError
-from uvicorn_testserver._response import body_preview, charset_of
+from uvicorn_testserver._client.response import body_preview, charset_of
+from uvicorn_testserver._core.errors import ClientTimeoutError, ServerStateError
 
 __all__ = ["AsyncTestStream", "EventStream", "ServerSentEvent"]
 

@@ -20,7 +20,7 @@ from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from uvicorn_testserver._errors import format_exception
+from uvicorn_testserver._core.errors import format_exception
 
 __all__ = [
     "LOGGER_NAMES",

@@ -1,6 +1,6 @@
 """One server for the whole test run, shared by every pytest-xdist worker (``uvicorn_server_scope = run``).
 
-The server runs in a *keeper* process (``python -m uvicorn_testserver._shared DIR``) of
+The server runs in a *keeper* process (``python -m uvicorn_testserver._plugin.run_scope DIR``) of
 its own session, so no worker owns it and Ctrl-C in the terminal does not reach it.
 Workers coordinate through files in a directory named after the run, under a lock
 (`filelock`):
@@ -38,9 +38,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from uvicorn_testserver._errors import ServerStartupError, exception_fields, format_exception
-from uvicorn_testserver._logs import format_records, record_fields, record_from_fields
-from uvicorn_testserver._settings import connect_host
+from uvicorn_testserver._core.errors import ServerStartupError, exception_fields, format_exception
+from uvicorn_testserver._core.logs import format_records, record_fields, record_from_fields
+from uvicorn_testserver._core.settings import connect_host
 
 __all__ = ["SharedRun", "SharedServer", "run_directory"]
 
@@ -186,7 +186,7 @@ class SharedRun:
         output = self.directory.joinpath("keeper.out").open("wb")
         with output:
             self._keeper = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn_testserver._shared", str(self.directory)],
+                [sys.executable, "-m", "uvicorn_testserver._plugin.run_scope", str(self.directory)],
                 stdin=subprocess.DEVNULL,
                 stdout=output,
                 stderr=subprocess.STDOUT,
@@ -300,9 +300,9 @@ class _JsonLinesHandler(logging.Handler):
 
 def keep(directory: Path) -> int:
     """The keeper's main: serve the spec'd app until no pytest process of the run is left."""
-    from uvicorn_testserver._lifecycle import ServerCore
-    from uvicorn_testserver._settings import DEFAULTS, LEVELS, ServerSettings
-    from uvicorn_testserver._thread import ThreadRun
+    from uvicorn_testserver._core.engine import ServerCore
+    from uvicorn_testserver._core.settings import DEFAULTS, LEVELS, ServerSettings
+    from uvicorn_testserver._runners.thread import ThreadRun
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stop = threading.Event()

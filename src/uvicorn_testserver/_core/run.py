@@ -1,0 +1,120 @@
+"""What a run is: the interface between the lifecycle core (`engine`) and the per-mode runners.
+
+`Launch` is what a run is given; `Run` is what the core asks of it, whatever the mode;
+`InLoopRun` is a run the core awaits on the caller's own event loop (loop mode).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from uvicorn_testserver._core.logs import ServerLog
+from uvicorn_testserver._core.settings import ServerSettings
+from uvicorn_testserver._core.uvicorn_internals import AppErrorSink, InFlight
+
+__all__ = ["FORCE_GRACE", "STOP_MARGIN", "InLoopRun", "Launch", "Run", "RunFactory", "done_within"]
+
+#: Extra time a run gets past shutdown_timeout to finish lifespan shutdown before its exit is forced.
+STOP_MARGIN = 1.0
+#: How long a forced exit (and then a kill) may take: the run needs to be scheduled once more,
+#: and shared CI machines stall for seconds.
+FORCE_GRACE = 3.0
+
+
+@dataclass(frozen=True, eq=False)
+class Launch:
+    """What a `Run` is given: the server's settings, its listening socket and where to report."""
+
+    settings: ServerSettings
+    sock: socket.socket
+    options: dict[str, Any]  # uvicorn options for this run (TLS files written)
+    log: ServerLog
+    on_app_error: AppErrorSink
+
+
+class Run(Protocol):
+    """One start() .. stop() in one mode. Its methods are called from other threads than the one it serves
+    on, except a loop-mode run's, which the core awaits on that loop (`InLoopRun`).
+
+    `stop_budget` is how long past ``shutdown_timeout`` the run may take to end on its
+    own after `ask_stop` (a child process forces its own exit first).
+    """
+
+    stop_budget: float
+
+    def launch(self) -> None:
+        """Begin serving `Launch.sock`; return at once."""
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until ready: True; False when `timeout` passed; raise `StartupFailed` if the start failed."""
+
+    def is_alive(self) -> bool:
+        """True while the server may still serve (not ended)."""
+
+    def ask_stop(self, grace: float) -> None:
+        """Ask for a stop that gives requests in flight `grace` seconds (or abandon a start in progress).
+
+        Idempotent, any time after creation.
+        """
+
+    def wait_ended(self, timeout: float) -> bool:
+        """Wait until the run has ended; False when `timeout` passed."""
+
+    def force(self) -> None:
+        """Force the exit the mode's own way, after the graceful stop overran."""
+
+    def kill(self) -> bool:
+        """The last resort after `force`; False where the mode has none."""
+
+    def settle(self) -> None:
+        """Wait (briefly, bounded) until the server has finished the step it is in, so `errors` are complete."""
+
+    def in_flight(self) -> list[InFlight]:
+        """The requests and WebSockets the app is handling now, once it finished the step it was in."""
+
+    def problem(self) -> tuple[str, BaseException | None] | None:
+        """After the run ended: why the end was not a clean stop (a sentence and the cause), or None."""
+
+    def left_behind(self) -> str:
+        """The sentence for a run that did not end even after `kill`: what is left behind."""
+
+    def release(self) -> None:
+        """Release what the run holds (helper threads, pipes) once it has ended or been given up on."""
+
+    def diagnostics(self) -> str:
+        """Extra text for error messages (a child's output), or ''."""
+
+    @property
+    def pid(self) -> int | None:
+        """The process that serves the app."""
+
+    @property
+    def returncode(self) -> int | None:
+        """The child's exit code once it ended (process mode), else None."""
+
+    @property
+    def output(self) -> str:
+        """The child's merged stdout and stderr (process mode), else ''."""
+
+
+RunFactory = Callable[[Launch], Run]
+
+
+class InLoopRun(Run, Protocol):
+    """A run on the caller's own event loop: its waits are awaited there, never blocking it."""
+
+    async def wait_ready_in_loop(self, timeout: float) -> bool: ...
+    async def wait_ended_in_loop(self, timeout: float) -> bool: ...
+
+
+def done_within(future: concurrent.futures.Future[Any], timeout: float) -> bool:
+    """Wait for `future`: True once it has a result, False after `timeout`; its exception is raised."""
+    try:
+        future.result(timeout)
+    except TimeoutError:
+        return False
+    return True

@@ -1,0 +1,149 @@
+"""What the asyncio-based runs share (thread and loop mode, and the process-mode child): uvicorn serving a
+socket as the main task of an event loop, driven from other threads."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import signal
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from uvicorn_testserver._core.logs import ServerLog, capture_into
+from uvicorn_testserver._core.run import Launch
+from uvicorn_testserver._core.uvicorn_internals import HarnessServer, InFlight, StartupFailed, make_config
+
+__all__ = ["Serving", "ServingRun"]
+
+_T = TypeVar("_T")
+
+
+# -- what the asyncio-based runs share ----------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Serving:
+    """uvicorn serving a socket as the main task of an event loop, driven from other threads.
+
+    `ready` carries "ready" or `StartupFailed` across threads; a stop or force asked
+    before the task exists is not lost (`main` refuses to serve).
+    """
+
+    server: HarnessServer
+    sock: socket.socket
+    log: ServerLog
+    ready: concurrent.futures.Future[None] | asyncio.Future[None]  # asyncio's when awaited on the same loop
+    stop_signal: int = signal.SIGTERM
+    loop: asyncio.AbstractEventLoop | None = None
+    task: asyncio.Task[Any] | None = None
+    thread_id: int | None = None
+    cancelled: bool = False
+
+    async def main(self) -> None:
+        """The task's body: serve until asked to stop. Reports a start that failed through `ready`."""
+        self.loop, self.task, self.thread_id = asyncio.get_running_loop(), asyncio.current_task(), threading.get_ident()
+        if self.cancelled:  # the start was abandoned before this loop ran
+            self.ready.set_exception(StartupFailed("the start was abandoned before the server's loop ran"))
+            return
+        with capture_into(self.log):
+            await self.server.serve_on(self.sock, self.ready)
+
+    def ask_stop(self, grace: float, sig: int) -> None:
+        self.server.ask_stop(grace, sig)
+        if not self.server.has_started:
+            self.cancel()  # still starting (a startup that hangs): abort it, ending its lifespan cleanly
+
+    def force(self) -> None:
+        self.server.force()
+        self.cancel()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        loop, task = self.loop, self.task
+        if loop is not None and task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(task.cancel)
+
+    def in_flight(self) -> list[InFlight]:
+        """The requests the app handles, once the loop finished the step it was in."""
+        return self._after_step(self.server.in_flight, [])
+
+    def settle(self) -> None:
+        """Wait (at most 1 s) until the loop finishes the step it is in."""
+        self._after_step(lambda: None, None)
+
+    def _after_step(self, read: Callable[[], _T], fallback: _T, timeout: float = 1.0) -> _T:
+        """`read()` on the loop once it finished the step it is in (at once on its own thread, or when it
+        does not run); `fallback` if it has just closed or stays blocked for `timeout` seconds."""
+        loop = self.loop
+        if loop is None or self.thread_id == threading.get_ident() or not loop.is_running():
+            return read()
+        answer: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        try:
+            loop.call_soon_threadsafe(lambda: answer.set_result(read()))
+            return answer.result(timeout)
+        except (RuntimeError, TimeoutError):
+            return fallback
+
+    @property
+    def started(self) -> bool:
+        """True once the start succeeded (whatever happened after)."""
+        return self.ready.done() and not self.ready.cancelled() and self.ready.exception() is None
+
+
+class ServingRun:
+    """What the runs serving through `Serving` in the test's own process share (thread and loop mode)."""
+
+    stop_budget = 0.0
+    returncode = None
+    output = ""
+    _serving: Serving
+    _forced = False
+
+    @staticmethod
+    def serving_for(launch: Launch, ready: concurrent.futures.Future[None] | asyncio.Future[None]) -> Serving:
+        """uvicorn configured for `launch`, to serve its socket and report through `ready`."""
+        with capture_into(launch.log):
+            config = make_config(
+                launch.settings.served_app, shutdown_timeout=launch.settings.shutdown_timeout, options=launch.options
+            )
+        server = HarnessServer(config, on_app_error=launch.on_app_error)
+        return Serving(server, launch.sock, launch.log, ready, stop_signal=launch.settings.signal_number)
+
+    def ask_stop(self, grace: float) -> None:
+        self._serving.ask_stop(grace, self._serving.stop_signal)
+
+    def force(self) -> None:
+        self._forced = True
+        self._serving.force()
+
+    def kill(self) -> bool:
+        return False  # a thread, or a task that ignores cancellation, cannot be ended from outside
+
+    def settle(self) -> None:
+        self._serving.settle()
+
+    def in_flight(self) -> list[InFlight]:
+        return self._serving.in_flight()
+
+    def crash_problem(self, crash: BaseException | None, where: str) -> tuple[str, BaseException | None] | None:
+        """`problem()` for a run whose `where` ended with `crash`."""
+        # A forced exit cancels the serving task: that CancelledError is the harness's, not a crash.
+        if crash is None or not self._serving.started or (self._forced and isinstance(crash, asyncio.CancelledError)):
+            return None
+        return f"crashed while serving: {where} ended with {crash!r}.", crash
+
+    def release(self) -> None:
+        pass
+
+    def diagnostics(self) -> str:
+        return ""
+
+    @property
+    def pid(self) -> int:
+        return os.getpid()
