@@ -166,7 +166,7 @@ async def test_a_stop_in_an_already_cancelled_scope_still_stops(anyio_backend: s
 async def test_a_native_asyncio_cancel_of_a_stop_with_app_errors_propagates_the_cancellation() -> None:
     # The report: in loop mode a cancelled stop ended in ServerExceptionsError 11 times in 48.
     for mode in ("thread", "loop", "process"):
-        live = AsyncTestServer("apps_contract:app", mode=mode)  # type: ignore[arg-type]
+        live = AsyncTestServer("apps_contract:app", mode=mode)
         await live.start()
         async with httpx.AsyncClient(base_url=live.base_url) as client:
             assert (await client.get("/boom")).status_code == 500

@@ -78,7 +78,7 @@ def test_a_bad_per_call_timeout_is_refused_before_anything_changes(value: Any, e
                 server.wait_idle(value)
         if value is not None or error is TypeError:
             with pytest.raises(error, match=r"shutdown_timeout must be a number of seconds \(0 or more\)"):
-                server.stop(shutdown_timeout=value if value is not None else "5")
+                server.stop(shutdown_timeout=value if value is not None else "5")  # type: ignore[arg-type]
         assert server.is_running, name
         assert requests.get(server.url("/"), timeout=30).text == "hello"
     assert not server.is_running

@@ -101,7 +101,7 @@ def test_a_wrong_stop_signal_is_refused_at_construction() -> None:
     with pytest.raises(ValueError, match=r"stop_signal must be one of SIGTERM, SIGINT, not 'SIGKILL'"):
         UvicornTestServer(apps_contract.app, stop_signal="SIGKILL")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"stop_signal must be one of SIGTERM, SIGINT, not 'SIGHUP'"):
-        UvicornTestServer(apps_contract.app, stop_signal=signal.SIGHUP)  # type: ignore[arg-type]
+        UvicornTestServer(apps_contract.app, stop_signal=signal.SIGHUP)
 
 
 @pytest.mark.parametrize("mode", MODES)
