@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
-import http.client
 import socket
 import threading
 import time
@@ -26,6 +25,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from uvicorn_testserver._core.app_errors import AppErrorSink, InFlight
 from uvicorn_testserver._core.errors import (
     ServerExceptionsError,
     ServerShutdownError,
@@ -33,11 +33,12 @@ from uvicorn_testserver._core.errors import (
     ServerStateError,
     error_is_of,
 )
+from uvicorn_testserver._core.health import probe
 from uvicorn_testserver._core.logs import ServerLog, capture_into, harness_logger, install_capture, log_level_lease
 from uvicorn_testserver._core.run import FORCE_GRACE, STOP_MARGIN, InLoopRun, Launch, Run, RunFactory
 from uvicorn_testserver._core.settings import ServerSettings, connect_host
 from uvicorn_testserver._core.sockets import bind_socket
-from uvicorn_testserver._core.uvicorn_internals import AppErrorSink, InFlight, StartupFailed
+from uvicorn_testserver._core.uvicorn_internals import StartupFailed
 from uvicorn_testserver._core.wsgi import WSGIAdapter, WSGIFactory
 
 __all__ = ["ServerCore", "StartAbandoned"]
@@ -258,7 +259,7 @@ class ServerCore:
     def _perform(self, step: Step) -> Any:
         run = self._run
         if isinstance(step, Probe):
-            return self._probe(step.path, step.deadline)
+            return probe(self.settings, self._port, step.path, step.deadline)
         if isinstance(step, Pause):
             time.sleep(step.seconds)
             return None
@@ -268,7 +269,7 @@ class ServerCore:
     async def _perform_in_loop(self, step: Step) -> Any:
         run = self._run
         if isinstance(step, Probe):
-            return await asyncio.to_thread(self._probe, step.path, step.deadline)
+            return await asyncio.to_thread(probe, self.settings, self._port, step.path, step.deadline)
         if isinstance(step, Pause):
             await asyncio.sleep(step.seconds)
             return None
@@ -400,29 +401,6 @@ class ServerCore:
                 )
             yield Pause(delay)
             delay = min(delay * 2, 0.1)
-
-    def _probe(self, path: str, deadline: float) -> tuple[int | None, str]:
-        """GET `path` once, over TLS when the server serves HTTPS; the status and what it answered, or the error."""
-        host, timeout = connect_host(self.settings.host).strip("[]"), max(0.1, deadline - time.monotonic())
-        connection: http.client.HTTPConnection
-        if self.settings.scheme == "http":
-            connection = http.client.HTTPConnection(host, self._port, timeout=timeout)
-        else:
-            import ssl
-
-            # A user's own certificate is not verified here: this checks readiness, not trust.
-            tls = self.settings.tls
-            context = tls.client_context() if tls is not None else ssl._create_unverified_context()
-            connection = http.client.HTTPSConnection(host, self._port, timeout=timeout, context=context)
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            response.read()
-            return response.status, f"it answered {response.status} {response.reason}"
-        except (OSError, http.client.HTTPException) as exc:
-            return None, repr(exc)
-        finally:
-            connection.close()
 
     def _startup_error(self, what: str, started_at: float, run: Run, reason: str = "") -> ServerStartupError:
         elapsed = time.monotonic() - started_at

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from uvicorn_testserver._core.app_errors import AppErrorSink, InFlight
 from uvicorn_testserver._core.logs import ServerLog
 from uvicorn_testserver._core.settings import ServerSettings
-from uvicorn_testserver._core.uvicorn_internals import AppErrorSink, InFlight
 
 __all__ = ["FORCE_GRACE", "STOP_MARGIN", "InLoopRun", "Launch", "Run", "RunFactory", "done_within"]
 

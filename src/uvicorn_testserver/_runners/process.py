@@ -34,9 +34,10 @@ from collections import deque
 from collections.abc import Mapping
 from typing import IO, Any
 
+from uvicorn_testserver._core.app_errors import InFlight
 from uvicorn_testserver._core.logs import LOGGER_NAMES, record_from_fields
 from uvicorn_testserver._core.run import FORCE_GRACE, Launch, done_within
-from uvicorn_testserver._core.uvicorn_internals import InFlight, StartupFailed
+from uvicorn_testserver._core.uvicorn_internals import StartupFailed
 from uvicorn_testserver._runners.coverage import ChildCoverage
 
 __all__ = ["EXIT_FORCED", "EXIT_STARTUP_FAILED", "ChildAppError", "ProcessRun"]

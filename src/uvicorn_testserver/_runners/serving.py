@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from uvicorn_testserver._core.app_errors import InFlight
 from uvicorn_testserver._core.logs import ServerLog, capture_into
 from uvicorn_testserver._core.run import Launch
-from uvicorn_testserver._core.uvicorn_internals import HarnessServer, InFlight, StartupFailed, make_config
+from uvicorn_testserver._core.uvicorn_internals import HarnessServer, StartupFailed, make_config
 
 __all__ = ["Serving", "ServingRun"]
 
