@@ -512,8 +512,9 @@ def test_a_request_left_in_flight_is_named_on_the_test_and_cut_after_a_short_gra
         [
             "*warnings summary*",
             "test_a.py::test_leaves_a_stream_open",
-            "*InFlightWarning: test_a.py::test_leaves_a_stream_open ended with 1 request(s) still in flight on "
-            "http://127.0.0.1:* (cutting it after uvicorn_teardown_grace): GET /events (running *",
+            # Located at the test that leaked, not at the plugin's line.
+            "*test_a.py:*: InFlightWarning: test_a.py::test_leaves_a_stream_open ended with 1 request(s) still in "
+            "flight on http://127.0.0.1:* (cutting it after uvicorn_teardown_grace): GET /events (running *",
         ]
     )
     assert "test_closes_what_it_opens\n  " not in result.stdout.str()  # only the leaking test is named

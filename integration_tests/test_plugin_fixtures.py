@@ -411,7 +411,7 @@ def test_marker_that_would_change_the_shared_server_is_an_error(pytester: pytest
         ('log_level="loud"', "log_level must be one of critical, error, warning, info, debug, trace, not 'loud'."),
         ("startup_timeout=0", "startup_timeout must be a positive number of seconds, not 0."),
         ("workers=2", "uvicorn-testserver does not accept 'workers': *"),
-        ("no_such_option=1", "'no_such_option' is not an option of uvicorn.Config *"),
+        ("no_such_option=1", "'no_such_option' is not an option of the server nor of uvicorn.Config *"),
         ('"/health"', "@pytest.mark.uvicorn takes keyword arguments only*"),
         ('mode="loop"', "@pytest.mark.uvicorn on *: mode must be 'thread' or 'process' (mode='loop' runs on your *"),
     ],

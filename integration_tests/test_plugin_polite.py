@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -34,8 +35,24 @@ def test_a_broken_uvicorn_fails_only_the_tests_that_use_a_fixture(pytester: pyte
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
-        ["E *RuntimeError: uvicorn-testserver's fixtures need 'uvicorn*', and uvicorn * is installed: cannot import*"]
+        [
+            "E *RuntimeError: uvicorn-testserver's fixtures cannot load: uvicorn-testserver needs 'uvicorn*', and "
+            "uvicorn * is installed (cannot import name 'LOOP_FACTORIES'*). Install a supported release: pip install*"
+        ]
     )
+
+
+def test_an_unsupported_uvicorn_is_named_on_the_first_import(tmp_path: Path) -> None:
+    (tmp_path / "uvicorn.py").write_text(
+        "raise ImportError(\"cannot import name 'LOOP_FACTORIES' from 'uvicorn.config'\")"
+    )
+    code = "import uvicorn_testserver; uvicorn_testserver.UvicornTestServer"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=False, timeout=60
+    )
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: uvicorn-testserver needs 'uvicorn"), result.stderr
+    assert "is installed (cannot import name 'LOOP_FACTORIES'" in last
 
 
 def test_a_failing_test_that_used_no_server_shows_no_plugin_frame(pytester: pytest.Pytester) -> None:

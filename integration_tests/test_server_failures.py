@@ -198,9 +198,16 @@ def test_a_non_asgi_object_raises_type_error_at_construction() -> None:
         ({"workers": 2}, r"does not accept 'workers': a test server runs in one thread"),
         ({"reload": True}, r"does not accept 'reload': the test process owns the code"),
         ({"log_config": {}}, r"does not accept 'log_config': the harness never reconfigures logging"),
-        ({"no_such_option": 1}, r"'no_such_option' is not an option of uvicorn\.Config [\d.]+; known options: "),
+        (
+            {"no_such_option": 1},
+            r"'no_such_option' is not an option of the server nor of uvicorn\.Config [\d.]+\. The ",
+        ),
+        (
+            {"helth_path": "/health"},
+            r"'helth_path' is not an option .* Did you mean 'health_path'\? The server's own opt",
+        ),
     ],
-    ids=["workers", "reload", "log_config", "unknown"],
+    ids=["workers", "reload", "log_config", "unknown", "typo"],
 )
 def test_options_a_test_server_cannot_honour_raise_type_error(options: dict[str, Any], expected: str) -> None:
     with pytest.raises(TypeError, match=expected):

@@ -150,3 +150,12 @@ def test_port_before_start_raises_server_state_error() -> None:
 def test_fixed_port_is_known_before_start(listening_socket: socket.socket) -> None:
     port = listening_socket.getsockname()[1]
     assert UvicornTestServer(hello_app, port=port).port == port
+
+
+def test_url_is_a_string_as_well_as_a_builder() -> None:
+    # Two real suites swapped onto the library wrote f"{server.url}/path", as their own servers' url was a string.
+    with UvicornTestServer(hello_app) as server:
+        assert f"{server.url}/" == server.url("/") == server.url("") == server.base_url + "/"
+        assert requests.get(f"{server.url}/", timeout=30).text == "hello"
+        assert isinstance(server.url, str)
+        assert repr(server.url) == repr(server.base_url)  # no internal class in a failing assertion

@@ -24,7 +24,7 @@ from uvicorn_testserver._core.errors import (
     WebSocketClosedError,
 )
 from uvicorn_testserver._core.logs import ServerLog
-from uvicorn_testserver._core.settings import LogLevel
+from uvicorn_testserver._core.settings import LogLevel, ServerURL
 
 if _TYPE_CHECKING:
     from uvicorn_testserver._client.client import AsyncTestClient
@@ -101,6 +101,7 @@ __all__ = [
     "ServerShutdownError",
     "ServerStartupError",
     "ServerStateError",
+    "ServerURL",
     "SharedServer",
     "UvicornTestServer",
     "WebSocketClosedError",

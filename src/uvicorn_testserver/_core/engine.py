@@ -36,7 +36,7 @@ from uvicorn_testserver._core.errors import (
 from uvicorn_testserver._core.health import probe
 from uvicorn_testserver._core.logs import ServerLog, capture_into, harness_logger, install_capture, log_level_lease
 from uvicorn_testserver._core.run import FORCE_GRACE, STOP_MARGIN, InLoopRun, Launch, Run, RunFactory
-from uvicorn_testserver._core.settings import ServerSettings, connect_host
+from uvicorn_testserver._core.settings import ServerSettings, server_url
 from uvicorn_testserver._core.sockets import bind_socket
 from uvicorn_testserver._core.uvicorn_internals import StartupFailed
 from uvicorn_testserver._core.wsgi import WSGIAdapter, WSGIFactory
@@ -280,7 +280,7 @@ class ServerCore:
 
     def _start_steps(self, cancelled: threading.Event | None) -> Steps:
         if self._run is not None:
-            url = f"{self.settings.scheme}://{connect_host(self.settings.host)}:{self._port}"
+            url = server_url(self.settings.scheme, self.settings.host, self._port)
             state = f"already running at {url}" if self._running else "still stopping after an interrupted stop()"
             raise ServerStateError(f"{self.describe()} is {state}; call stop() first.")
         started_at = time.monotonic()
@@ -436,7 +436,7 @@ class ServerCore:
         return ServerExceptionsError(
             errors,
             served=[self.served_when_raised(error) for error in errors],
-            url=f"{self.settings.scheme}://{connect_host(self.settings.host)}:{self._port}",
+            url=server_url(self.settings.scheme, self.settings.host, self._port),
             host=self.settings.host,
             port=self._port,
             app=self.settings.app_name,

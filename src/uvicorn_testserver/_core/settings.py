@@ -9,6 +9,7 @@ served (a WSGI app wrapped for a2wsgi, a throw-away CA made for ``ssl=True``).
 
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
 import json
@@ -36,12 +37,14 @@ __all__ = [
     "LogLevel",
     "Mode",
     "ServerSettings",
+    "ServerURL",
     "StopSignal",
     "check_options",
     "check_seconds",
     "check_uvicorn_options",
     "connect_host",
     "describe_app",
+    "server_url",
 ]
 
 AppType = Callable[..., Any] | str
@@ -118,8 +121,14 @@ def check_uvicorn_options(options: Mapping[str, Any]) -> None:
             raise TypeError(f"uvicorn-testserver does not accept {name!r}: {REJECTED_OPTIONS[name]}.")
         parameters, version = _config_parameters()
         if name not in parameters:
-            known = ", ".join(sorted(parameters - REJECTED_OPTIONS.keys()))
-            raise TypeError(f"{name!r} is not an option of uvicorn.Config {version}; known options: {known}.")
+            own = sorted({*DEFAULTS, *FACE_ONLY})
+            uvicorns = sorted(parameters - REJECTED_OPTIONS.keys())
+            close = difflib.get_close_matches(name, [*own, *uvicorns], n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise TypeError(
+                f"{name!r} is not an option of the server nor of uvicorn.Config {version}.{hint} The server's own "
+                f"options: {', '.join(own)}; uvicorn.Config's: {', '.join(uvicorns)}."
+            )
 
 
 def describe_app(app: AppType) -> str:
@@ -128,6 +137,26 @@ def describe_app(app: AppType) -> str:
         return repr(app)
     name = getattr(app, "__qualname__", None) or type(app).__qualname__
     return f"{getattr(app, '__module__', '?')}.{name}"
+
+
+class ServerURL(str):
+    """A server's address, ``http://127.0.0.1:8000``: a string that also builds URLs.
+
+    ``server.url("/path")`` gives the absolute URL of a path (a leading ``/`` is added
+    if missing), and, being a string, ``f"{server.url}/path"`` and
+    ``requests.get(server.url)`` work too, as with the hand-written test servers whose
+    ``url`` is a string.
+    """
+
+    __slots__ = ()
+
+    def __call__(self, path: str = "/") -> str:
+        return str(self) + (path if path.startswith("/") else "/" + path)
+
+
+def server_url(scheme: str, host: str, port: int) -> ServerURL:
+    """The address a client uses for a server bound to `host`:`port`, with `scheme` (``ws``/``wss`` too)."""
+    return ServerURL(f"{scheme}://{connect_host(host)}:{port}")
 
 
 def connect_host(host: str) -> str:

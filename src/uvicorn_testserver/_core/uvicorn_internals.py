@@ -54,9 +54,14 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-import uvicorn
-from uvicorn.config import LOOP_FACTORIES
-from uvicorn.importer import ImportFromStringError, import_from_string
+from uvicorn_testserver._core.versions import unsupported_uvicorn
+
+try:
+    import uvicorn
+    from uvicorn.config import LOOP_FACTORIES
+    from uvicorn.importer import ImportFromStringError, import_from_string
+except ImportError as exc:  # a release outside the supported range: say which, not a bare missing name
+    raise ImportError(unsupported_uvicorn(exc)) from exc
 
 from uvicorn_testserver._core.app_errors import AppErrorRecorder, AppErrorSink, InFlight
 from uvicorn_testserver._core.logs import current_log, harness_logger

@@ -18,7 +18,7 @@ from uvicorn_testserver._core.errors import (
 )
 from uvicorn_testserver._core.logs import ServerLog
 from uvicorn_testserver._core.run import Run
-from uvicorn_testserver._core.settings import check_seconds, connect_host
+from uvicorn_testserver._core.settings import ServerURL, check_seconds, server_url
 
 if TYPE_CHECKING:
     import ssl as ssl_module
@@ -102,17 +102,20 @@ class LiveServer:
     @property
     def base_url(self) -> str:
         """``http://host:port`` (``https://`` with TLS), for any HTTP client."""
-        return f"{self._core.settings.scheme}://{connect_host(self.host)}:{self.port}"
+        return server_url(self._core.settings.scheme, self.host, self.port)
 
     @property
     def ws_url(self) -> str:
         """``ws://host:port`` (``wss://`` with TLS), for WebSocket clients."""
-        scheme = "wss" if self._core.settings.scheme == "https" else "ws"
-        return f"{scheme}://{connect_host(self.host)}:{self.port}"
+        return server_url("wss" if self._core.settings.scheme == "https" else "ws", self.host, self.port)
 
-    def url(self, path: str = "/") -> str:
-        """The absolute HTTP URL of `path` (a leading ``/`` is added if missing)."""
-        return self.base_url + (path if path.startswith("/") else "/" + path)
+    @property
+    def url(self) -> ServerURL:
+        """``server.url("/path")``: the absolute HTTP URL of a path (a leading ``/`` is added if missing).
+
+        Also the base URL as a string: ``f"{server.url}/path"`` works (see `ServerURL`).
+        """
+        return server_url(self._core.settings.scheme, self.host, self.port)
 
     @property
     def ssl_context(self) -> ssl_module.SSLContext:

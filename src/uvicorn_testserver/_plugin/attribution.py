@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 import warnings
 from collections.abc import Generator, Iterator, Mapping
-from importlib.metadata import PackageNotFoundError, requires, version
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -84,7 +83,7 @@ class State:
         self.live[server] = None
         return server
 
-    def stop(self, server: ManagedServer, test: str | None = None) -> None:
+    def stop(self, server: ManagedServer, test: pytest.Item | None = None) -> None:
         """Stop `server`; at the end of `test` (a function-scoped server), warn about and cut what is in flight."""
         self.live.pop(server, None)
         watch = self.current
@@ -104,19 +103,25 @@ class State:
         server.stop_quietly(grace)
 
 
-def warn_in_flight(server: ManagedServer, test: str, *, cut: bool) -> bool:
-    """Warn, attached to `test`, if the app still handles requests it started; True if it does."""
+def warn_in_flight(server: ManagedServer, test: pytest.Item, *, cut: bool) -> bool:
+    """Warn, at `test`, if the app still handles requests it started; True if it does."""
     busy = server.in_flight()
     if busy:
         what = f"cutting {'it' if len(busy) == 1 else 'them'} after uvicorn_teardown_grace" if cut else "shared server"
-        warnings.warn(
+        warn_at(
+            test,
             InFlightWarning(
-                f"{test} ended with {len(busy)} request(s) still in flight on {server.base_url} ({what}): "
+                f"{test.nodeid} ended with {len(busy)} request(s) still in flight on {server.base_url} ({what}): "
                 f"{'; '.join(busy)}. Close what the test opened, or wait for it with server.wait_idle()."
             ),
-            stacklevel=1,
         )
     return bool(busy)
+
+
+def warn_at(test: pytest.Item, warning: Warning) -> None:
+    """Issue `warning` as if raised on the line that defines `test`, so the report points at the test."""
+    lineno = test.location[1]
+    warnings.warn_explicit(warning, type(warning), filename=str(test.path), lineno=(lineno or 0) + 1)
 
 
 def managed_server_class() -> type[ManagedServer]:
@@ -125,25 +130,13 @@ def managed_server_class() -> type[ManagedServer]:
     try:
         from uvicorn_testserver._plugin.managed import ManagedServer
     except ImportError as exc:
-        raise RuntimeError(unsupported_uvicorn(exc)) from exc
+        raise RuntimeError(f"uvicorn-testserver's fixtures cannot load: {exc}") from exc
     return ManagedServer
 
 
 def is_managed(value: object) -> bool:
     managed = sys.modules.get("uvicorn_testserver._plugin.managed")  # not imported: no fixture made a server
     return managed is not None and isinstance(value, managed.ManagedServer)
-
-
-def unsupported_uvicorn(exc: ImportError) -> str:
-    try:
-        installed = f"uvicorn {version('uvicorn')} is installed"
-    except PackageNotFoundError:
-        installed = "uvicorn is not installed"
-    wanted = next((req for req in requires("uvicorn-testserver") or [] if req.startswith("uvicorn")), "uvicorn")
-    return (
-        f"uvicorn-testserver's fixtures need {wanted!r}, and {installed}: {exc}. Install a supported release, "
-        f"e.g. pip install {wanted!r}."
-    )
 
 
 STATE = pytest.StashKey[State]()
@@ -239,7 +232,7 @@ def check_shared_idle(item: pytest.Item, state: State) -> None:
             try:
                 server.wait_idle(state.settings.teardown_grace)
             except TimeoutError:
-                warn_in_flight(server, item.nodeid, cut=False)
+                warn_in_flight(server, item, cut=False)
 
 
 class Expected:

@@ -53,7 +53,7 @@ def live_server_fixture(request: pytest.FixtureRequest, transactional_db: None) 
             with reported_view_errors(server.note_app_error):
                 yield server
         finally:
-            state.stop(server, request.node.nodeid)
+            state.stop(server, request.node)
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +98,7 @@ def uvicorn_server(request: pytest.FixtureRequest, uvicorn_app: AppType) -> Iter
     server = state.start(uvicorn_app, options)
     server.shared_options = options
     yield server
-    state.stop(server, request.node.nodeid if request.scope == "function" else None)
+    state.stop(server, request.node if request.scope == "function" else None)
 
 
 @pytest.fixture
@@ -108,7 +108,7 @@ def fresh_uvicorn_server(request: pytest.FixtureRequest, uvicorn_app: AppType) -
     state = plugin_state(request.config)
     server = state.start(uvicorn_app, marker_options(request.node, state.settings.server_options))
     yield server
-    state.stop(server, request.node.nodeid)
+    state.stop(server, request.node)
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def uvicorn_server_factory(request: pytest.FixtureRequest) -> Iterator[UvicornSe
     failures: list[BaseException] = []
     for server in reversed(made):
         try:
-            state.stop(server, request.node.nodeid)
+            state.stop(server, request.node)
         except Exception as exc:  # noqa: BLE001 - every server must be stopped; the first error is raised below
             failures.append(exc)
     if failures:

@@ -3,7 +3,6 @@ attribution, report section."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +14,7 @@ from uvicorn_testserver._core.errors import (
     ServerStartupError,
 )
 from uvicorn_testserver._core.settings import AppType, describe_app
-from uvicorn_testserver._plugin.attribution import WATCH, plugin_state
+from uvicorn_testserver._plugin.attribution import WATCH, plugin_state, warn_at
 from uvicorn_testserver._plugin.options import SHARED_TITLE
 
 if TYPE_CHECKING:
@@ -81,13 +80,13 @@ class SharedRunHooks:
             error = ChildAppError(entry["type"], entry["message"], entry["traceback"])
             others = [test for test in entry["running"] if test != item.nodeid]
             if others:
-                warnings.warn(
+                warn_at(
+                    item,
                     InFlightWarning(
                         f"The run's shared server raised {entry['type']}: {entry['message']} in {entry['serving']} "
                         f"while {item.nodeid} and {len(others)} test(s) on other workers were running "
                         f"({', '.join(others)}); it cannot tell which one caused it, so none of them fails for it."
                     ),
-                    stacklevel=1,
                 )
             else:
                 errors.append(error)

@@ -40,7 +40,7 @@ from typing import Any
 
 from uvicorn_testserver._core.errors import ServerStartupError, exception_fields, format_exception
 from uvicorn_testserver._core.logs import format_records, record_fields, record_from_fields
-from uvicorn_testserver._core.settings import connect_host
+from uvicorn_testserver._core.settings import ServerURL, server_url
 
 __all__ = ["SharedRun", "SharedServer", "run_directory"]
 
@@ -81,16 +81,17 @@ class SharedServer:
     @property
     def base_url(self) -> str:
         """``http://host:port`` (``https://`` with TLS), for any HTTP client."""
-        return f"{self.scheme}://{connect_host(self.host)}:{self.port}"
+        return server_url(self.scheme, self.host, self.port)
 
     @property
     def ws_url(self) -> str:
         """``ws://host:port`` (``wss://`` with TLS), for WebSocket clients."""
-        return f"{'wss' if self.scheme == 'https' else 'ws'}://{connect_host(self.host)}:{self.port}"
+        return server_url("wss" if self.scheme == "https" else "ws", self.host, self.port)
 
-    def url(self, path: str = "/") -> str:
-        """The absolute HTTP URL of `path` (a leading ``/`` is added if missing)."""
-        return self.base_url + (path if path.startswith("/") else "/" + path)
+    @property
+    def url(self) -> ServerURL:
+        """``server.url("/path")``: the absolute HTTP URL of a path; also the base URL as a string (`ServerURL`)."""
+        return server_url(self.scheme, self.host, self.port)
 
     @property
     def ca_path(self) -> Path:

@@ -62,6 +62,8 @@ class ChildAppError(Exception):
     The exception object itself cannot cross the process boundary.
     """
 
+    __module__ = "uvicorn_testserver"  # reports name it as users import it, even before that import
+
     def __init__(self, type_name: str, message: str, traceback: str) -> None:
         super().__init__(traceback or f"{type_name}: {message}")
         self.type_name = type_name
