@@ -123,7 +123,7 @@ def test_the_first_failing_caller_is_raised_at_stop() -> None:
         servers[1].stop()
         with pytest.raises(
             ServerExceptionsError,
-            match=r"(?s)raised 1 unhandled exception.*httpx\.ConnectError: All connection attempts failed",
+            match=r"(?s)^httpx\.ConnectError: All connection attempts failed.*raised 1 unhandled exception",
         ):
             servers[0].stop()
 

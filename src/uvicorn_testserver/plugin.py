@@ -70,9 +70,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("django"):  # pytest-django: the Django live server over ASGI
         provide(config, "uvicorn-testserver-django", uvicorn_live_server=_uvicorn_live_server)
     if state.settings.scope == "run":
-        from uvicorn_testserver._plugin.run_scope import SharedRun, run_directory
+        from uvicorn_testserver._plugin.run_scope import SharedRun, owns_the_run, run_directory
 
-        config.pluginmanager.register(SharedRunHooks(SharedRun(run_directory(config))), SHARED_RUN)
+        shared = SharedRun(run_directory(config), owner=owns_the_run(config))
+        config.pluginmanager.register(SharedRunHooks(shared), SHARED_RUN)
 
 
 def provide(config: pytest.Config, name: str, **fixtures: Any) -> None:

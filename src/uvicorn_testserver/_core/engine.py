@@ -363,7 +363,8 @@ class ServerCore:
                 run.ask_stop(settings.shutdown_timeout)
             ready = yield WaitReady(max(0.0, deadline - time.monotonic()))
         except StartupFailed as exc:
-            raise self._startup_error(f"failed to start: {exc.reason}", started_at, run, exc.reason) from exc.__cause__
+            cause = exc.__cause__
+            raise self._startup_error(f"failed to start: {exc.reason}", started_at, run, exc.reason, cause) from cause
         if not ready:
             raise self._startup_error(
                 f"was not ready within startup_timeout={settings.startup_timeout}s: lifespan startup or loading "
@@ -402,7 +403,11 @@ class ServerCore:
             yield Pause(delay)
             delay = min(delay * 2, 0.1)
 
-    def _startup_error(self, what: str, started_at: float, run: Run, reason: str = "") -> ServerStartupError:
+    def _startup_error(
+        self, what: str, started_at: float, run: Run, reason: str = "", cause: BaseException | None = None
+    ) -> ServerStartupError:
+        """The start's error; `cause`, the app's exception, is chained by the caller, and its traceback printed
+        with it, so the log tail does not print it again."""
         elapsed = time.monotonic() - started_at
         error = ServerStartupError(
             f"{self.describe()} {what} (after {elapsed:.3f}s).{run.diagnostics()}",
@@ -410,7 +415,7 @@ class ServerCore:
             port=self._port,
             app=self.settings.app_name,
             elapsed=elapsed,
-            log_tail=self.log.tail(),
+            log_tail=self.log.tail(shown=[cause] if cause is not None else ()),
         )
         error.reason = reason or what
         return error

@@ -97,6 +97,7 @@ class ServerExceptionsError(ServerError):
         *,
         served: Sequence[str] = (),
         shown: str | None = None,
+        expect: str | None = None,  # how to expect them, "{names}" / "{names_tuple}" filled in
         url: str | None = None,
         host: str | None = None,
         port: int | None = None,
@@ -107,17 +108,28 @@ class ServerExceptionsError(ServerError):
         self.served = [*served, *[""] * (len(self.exceptions) - len(served))]
         where = url or (f"http://{host}:{port}" if host is not None else "the server")
         count = len(self.exceptions)
-        lines = [
-            f"{describe_error(self.exceptions[0], self.served[0])}" + (f" (+{count - 1} more)" if count > 1 else ""),
-            f"the app {app} raised {count} unhandled exception{'s' if count != 1 else ''} while serving on {where}:",
-        ]
-        lines += [f"  {describe_error(e, serving)}" for e, serving in zip(self.exceptions, self.served, strict=True)]
-        if shown is not None:  # the tracebacks are printed elsewhere, once: say where
-            lines.append(f"Their tracebacks are {shown}.")
-        else:  # the first is chained as __cause__, and Python prints its traceback above this one
-            lines.append("The first one's traceback is above (the cause of this error).")
-            lines += [format_exception(error) for error in self.exceptions[1:]]
-        lines.append("Fix the app, or expect these errors if the test provokes them on purpose.")
+        # The cause once, its place once, the next step once.
+        first = describe_error(self.exceptions[0], self.served[0])
+        served = f"the app {app} raised {count} unhandled exception{'s' if count != 1 else ''} while serving on {where}"
+        # The tracebacks are printed elsewhere, once (`shown`), or the first is chained as __cause__ and Python
+        # prints it above this error.
+        traceback_at = shown or "above (the cause of this error)"
+        if count == 1:
+            lines = [first, f"{served}; its traceback is {traceback_at}."]
+        else:
+            lines = [f"{first} (+{count - 1} more)", f"{served}:"]
+            lines += [
+                f"  {describe_error(e, serving)}" for e, serving in zip(self.exceptions, self.served, strict=True)
+            ]
+            lines.append(f"Their tracebacks are {traceback_at}.")
+            if shown is None:
+                lines += [format_exception(error) for error in self.exceptions[1:]]
+        kinds = list(dict.fromkeys(error_type_name(error) for error in self.exceptions))
+        names = ", ".join(kinds)
+        expected = (expect or "server.expect_errors({names})").format(
+            names=names, names_tuple=names if len(kinds) == 1 else f"({names})"
+        )
+        lines.append(f"Fix the app, or if the test provokes {'it' if count == 1 else 'them'} on purpose: {expected}.")
         super().__init__("\n".join(lines), host=host, port=port, app=app, log_tail=log_tail)
 
 
@@ -216,3 +228,8 @@ def expected_count_problem(
     if at_most is not None and count > at_most:
         return f"{names} at most {at_most} time{'s' if at_most != 1 else ''} {where}; it raised {raised}"
     return ""
+
+
+def error_type_name(error: BaseException) -> str:
+    """The short name of `error`'s type (a `ChildAppError`'s: the child's), for `expect_errors(...)` hints."""
+    return str(getattr(error, "type_name", type(error).__name__)).rpartition(".")[2]

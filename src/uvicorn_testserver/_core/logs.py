@@ -11,6 +11,7 @@ then go on to whatever handlers the user configured, pytest's included.
 from __future__ import annotations
 
 import contextvars
+import copy
 import logging
 import os
 import threading
@@ -30,8 +31,10 @@ __all__ = [
     "harness_logger",
     "install_capture",
     "log_level_lease",
+    "passes_traceback_on",
     "record_fields",
     "record_from_fields",
+    "without_traceback",
 ]
 
 #: The loggers whose records are captured per server.
@@ -58,6 +61,10 @@ class ServerLog:
         self.drop_access_log = False
         self.level = logging.NOTSET
         self.propagate = True  # False: the records stay here, the process's handlers never see them
+        #: Set: records passed on to the process's handlers carry this reference (``{name}``: the error's type)
+        #: instead of their traceback, which is shown once elsewhere (the plugin's report section). The records
+        #: kept here keep it.
+        self.traceback_elsewhere: str | None = None
 
     def append(self, record: logging.LogRecord) -> None:
         with self._lock:
@@ -161,6 +168,24 @@ def record_from_fields(fields: Mapping[str, Any], **extra: Any) -> logging.LogRe
     )
 
 
+def passes_traceback_on(log: ServerLog, logger_name: str) -> bool:
+    """Whether a record's traceback goes on to the process's handlers. Not where it is shown once elsewhere
+    (`ServerLog.traceback_elsewhere`), nor where only logging's last resort would print it (no logging
+    configured, as in a plain script): the harness raises the error with its traceback, or keeps it in `errors`."""
+    return log.traceback_elsewhere is None and logging.getLogger(logger_name).hasHandlers()
+
+
+def without_traceback(record: logging.LogRecord, log: ServerLog) -> None:
+    """Replace `record`'s traceback by a reference to where it is shown."""
+    error = record.exc_info[1] if record.exc_info else None
+    # A record from a child process carries its traceback as text: its last line names the type.
+    last = (record.exc_text or "").strip().rpartition("\n")[2]
+    name = type(error).__name__ if error is not None else last.partition(":")[0].rpartition(".")[2] or "error"
+    reference = (log.traceback_elsewhere or "[{name} traceback: shown with the error]").format(name=name)
+    record.msg = f"{str(record.msg).rstrip()} {reference}"
+    record.exc_info = record.exc_text = None
+
+
 class _CaptureFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         log = _current_log.get()
@@ -168,7 +193,11 @@ class _CaptureFilter(logging.Filter):
             return True
         if record.levelno < log.level or (log.drop_access_log and record.name == "uvicorn.access"):
             return False
-        log.append(record)
+        if log.propagate and record.exc_info and not passes_traceback_on(log, record.name):
+            log.append(copy.copy(record))
+            without_traceback(record, log)
+        else:
+            log.append(record)
         return log.propagate
 
 

@@ -3,7 +3,9 @@ the report: errors attributed to the test that caused them, its report section, 
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 import warnings
 from collections.abc import Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -305,17 +307,13 @@ def exceptions_error(server: ManagedServer, errors: list[BaseException]) -> Serv
     error = ServerExceptionsError(
         errors,
         served=[server.served_when_raised(error) for error in errors],
-        shown=f"in the '{SECTION_TITLE}' section of this report",
+        shown=f"in the '{SECTION_TITLE}' section below",
+        expect="@pytest.mark.uvicorn(expect_errors={names_tuple})",
         url=server.base_url,
         host=server.host,
         port=server.port,
         app=describe_app(server.app),
     )
-    hint = (
-        "The test used this server while the app raised. For a test that provokes them on purpose: "
-        "@pytest.mark.uvicorn(raise_server_exceptions=False). The server's log is in the 'uvicorn server log' section."
-    )
-    error.args = (f"{error.args[0]}\n{hint}",)  # shown as the report's text, where notes are not
     return error
 
 
@@ -325,17 +323,48 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
     watch = item.stash.get(WATCH, None)
-    if watch is None or not report.failed:
+    if watch is None or not report.failed or call.excinfo is None:
         return report
-    if call.excinfo is not None and watch.failure is not None and call.excinfo.value is watch.failure:
+    error = call.excinfo.value
+    if isinstance(error, ServerStartupError):
+        # One screen: the harness's error alone (its message has the server's log tail), then the app's own
+        # exception with only the app's frames. importlib's, uvicorn's and the harness's say nothing here.
+        report.longrepr = call.excinfo.getrepr(style="value", chain=False)
+        shorten_crash(report, f"ServerStartupError: {error.reason}")
+        if error.__cause__ is not None:
+            report.sections.append(("its cause (the app's own frames only)", app_frames(error.__cause__)))
+        return report
+    if watch.failure is not None and error is watch.failure:
         # The message says what failed (the tracebacks are in the section); this plugin's frames say nothing.
         report.longrepr = call.excinfo.getrepr(style="value")
+    if isinstance(error, ServerExceptionsError):
+        shorten_crash(report, str(error).partition("\n")[0])  # the app's exception first, in the -ra line too
     for server in watch.used(item):
         if call.when != "teardown":  # the teardown check has just taken them
             watch.take_errors(server)
         title, text = report_section(server, watch.log_marks.get(server, 0), watch.errors.get(server, []))
         report.sections.append((title, text))
     return report
+
+
+def shorten_crash(report: pytest.TestReport, message: str) -> None:
+    """Make `message` what the short test summary (``-ra``) says, instead of the harness's qualified class name,
+    so the cause stays readable in 80 columns."""
+    crash = getattr(report.longrepr, "reprcrash", None)
+    if crash is not None:
+        crash.message = message
+
+
+def app_frames(error: BaseException) -> str:
+    """`error` with the frames of the app's own code only (not the standard library's, installed packages' or
+    the harness's)."""
+    library = ("site-packages", "<frozen ", f"{os.sep}importlib{os.sep}", f"{os.sep}uvicorn_testserver{os.sep}")
+    frames = traceback.extract_tb(error.__traceback__)
+    own = [frame for frame in frames if not any(part in frame.filename for part in library)]
+    text = traceback.format_list(own) if own else []
+    if text:
+        text.insert(0, "Traceback (most recent call last):\n")
+    return "".join([*text, *traceback.format_exception_only(error)]).rstrip()
 
 
 def report_section(server: ManagedServer, log_mark: int, errors: list[BaseException]) -> tuple[str, str]:

@@ -22,6 +22,7 @@ class ManagedServer(UvicornTestServer):
         super().__init__(app, **options)
         self.errors_taken = 0  # how many of `errors` a test has already been told about
         self.shared_options: dict[str, Any] | None = None  # the options of a uvicorn_server, which tests share
+        self.log.traceback_elsewhere = "[{name} traceback: in the report's uvicorn server log section]"
 
     def start(self) -> Self:
         self.errors_taken = 0  # start() clears `errors`

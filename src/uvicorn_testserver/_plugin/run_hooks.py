@@ -107,7 +107,8 @@ class SharedRunHooks:
         return ServerExceptionsError(
             errors,
             served=served,
-            shown=f"in the '{SHARED_TITLE}' section of this report",
+            shown=f"in the '{SHARED_TITLE}' section below",
+            expect="@pytest.mark.uvicorn(expect_errors={names_tuple})",
             url=server.base_url,
             host=server.host,
             port=server.port,

@@ -42,9 +42,14 @@ from uvicorn_testserver._core.errors import ServerStartupError, exception_fields
 from uvicorn_testserver._core.logs import format_records, record_fields, record_from_fields
 from uvicorn_testserver._core.settings import ServerURL, server_url
 
-__all__ = ["SharedRun", "SharedServer", "run_directory"]
+__all__ = ["SharedRun", "SharedServer", "owns_the_run", "run_directory"]
 
 _POLL = 0.05  # how often the keeper looks for live users, and a worker for the keeper's answer
+
+
+def owns_the_run(config: Any) -> bool:
+    """Whether this pytest process started the run (is not a pytest-xdist worker): it ends the shared server."""
+    return getattr(config, "workerinput", None) is None
 
 
 def run_directory(config: Any) -> Path:
@@ -107,8 +112,9 @@ class SharedServer:
 class SharedRun:
     """This pytest process's part in the run's shared server: registration, attaching, and per-test reading."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, owner: bool) -> None:
         self.directory = directory
+        self.owner = owner  # the run's first pytest process (xdist's controller): it ends the server, last
         self.server: SharedServer | None = None
         self._keeper: subprocess.Popen[bytes] | None = None
         self._errors_offset = 0
@@ -261,19 +267,23 @@ class SharedRun:
     # -- the end of this process's session --
 
     def leave(self, timeout: float) -> None:
-        """Unregister; the last live pytest process of the run stops the keeper and waits for it (up to `timeout`)."""
-        with self._lock(timeout):
-            self._user.unlink(missing_ok=True)
-            if _live_users(self.directory):
-                return
+        """Unregister. The owner, the run's first pytest process, then waits (up to `timeout`) for the others
+        to leave, stops the keeper, waits for it and removes the directory: when pytest returns, nothing of the
+        run's server is left. (A worker that crashed leaves no user behind: dead processes do not count.)"""
+        self._user.unlink(missing_ok=True)
+        if not self.owner:
+            return
+        deadline = time.monotonic() + timeout
+        while _live_users(self.directory) and time.monotonic() < deadline:
+            time.sleep(_POLL / 5)
+        with self._lock(max(0.0, deadline - time.monotonic())):
             info = _read_json(self.directory / "server.json")
             if info is not None and _alive(info["pid"]):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(info["pid"], signal.SIGTERM)
-                _wait_gone(info["pid"], timeout, self._keeper)
+                _wait_gone(info["pid"], max(1.0, deadline - time.monotonic()), self._keeper)
         self._reap_keeper()
-        if not _live_users(self.directory):
-            shutil.rmtree(self.directory, ignore_errors=True)
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def _stop_keeper(self) -> None:
         if self._keeper is not None and self._keeper.poll() is None:

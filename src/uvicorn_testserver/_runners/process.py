@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from uvicorn_testserver._core.app_errors import InFlight
-from uvicorn_testserver._core.logs import LOGGER_NAMES, record_from_fields
+from uvicorn_testserver._core.logs import LOGGER_NAMES, passes_traceback_on, record_from_fields, without_traceback
 from uvicorn_testserver._core.run import FORCE_GRACE, Launch, done_within
 from uvicorn_testserver._core.uvicorn_internals import StartupFailed
 from uvicorn_testserver._runners.coverage import ChildCoverage
@@ -258,6 +259,9 @@ class ProcessRun:
             self._launch.log.append(record)
         logger = logging.getLogger(name)
         if self._launch.log.propagate and logger.isEnabledFor(record.levelno):
+            if record.exc_text and not passes_traceback_on(self._launch.log, name):
+                record = copy.copy(record)
+                without_traceback(record, self._launch.log)
             logger.handle(record)
 
     def _drain_output(self, stream: IO[bytes]) -> None:
