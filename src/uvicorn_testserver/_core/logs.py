@@ -27,11 +27,12 @@ __all__ = [
     "LOGGER_NAMES",
     "ServerLog",
     "capture_into",
+    "carries_traceback",
     "current_log",
     "harness_logger",
     "install_capture",
     "log_level_lease",
-    "passes_traceback_on",
+    "passes_on",
     "record_fields",
     "record_from_fields",
     "without_traceback",
@@ -116,7 +117,13 @@ def format_records(
     lines = []
     for record in records:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
-        lines.append(f"{stamp} {record.levelname:<8} {record.name}: {record.getMessage()}")
+        message = record.getMessage()
+        # A framework that reports a failed lifespan startup sends the traceback as the message (Starlette).
+        traced = next((e for e in shown if message.rstrip().endswith(_last_line(e))), None) if shown else None
+        if traced is not None and message.startswith("Traceback (most recent call last)"):
+            name = getattr(traced, "type_name", None) or type(traced).__name__
+            message = reference.format(name=name.rpartition(".")[2])
+        lines.append(f"{stamp} {record.levelname:<8} {record.name}: {message}")
         error = record.exc_info[1] if record.exc_info else None
         text = format_exception(error) if error is not None else getattr(record, "exc_text", None)
         if not text:
@@ -128,6 +135,12 @@ def format_records(
             name = getattr(already, "type_name", None) or type(already).__name__
             lines[-1] = f"{lines[-1].rstrip()} {reference.format(name=name.rpartition('.')[2])}"
     return "\n".join(lines)
+
+
+def _last_line(error: BaseException) -> str:
+    """The last line of `error`'s traceback: ``RuntimeError: database is down``."""
+    text = getattr(error, "traceback", None) or format_exception(error)
+    return str(text).rstrip().rpartition("\n")[2]
 
 
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -168,21 +181,32 @@ def record_from_fields(fields: Mapping[str, Any], **extra: Any) -> logging.LogRe
     )
 
 
-def passes_traceback_on(log: ServerLog, logger_name: str) -> bool:
-    """Whether a record's traceback goes on to the process's handlers. Not where it is shown once elsewhere
-    (`ServerLog.traceback_elsewhere`), nor where only logging's last resort would print it (no logging
-    configured, as in a plain script): the harness raises the error with its traceback, or keeps it in `errors`."""
-    return log.traceback_elsewhere is None and logging.getLogger(logger_name).hasHandlers()
+def passes_on(log: ServerLog, logger_name: str) -> bool:
+    """Whether `log`'s records go on to the process's handlers: with `ServerLog.propagate`, and where logging is
+    configured. Where it is not (a plain script), only logging's last resort would print them: a library never
+    prints on its own, and the harness raises or keeps what matters, with the log's tail."""
+    return log.propagate and logging.getLogger(logger_name).hasHandlers()
+
+
+_TRACEBACK = "Traceback (most recent call last)"
+
+
+def carries_traceback(record: logging.LogRecord) -> bool:
+    """Whether `record` prints a traceback: its exception's, a child's as text, or one sent as the message (a
+    failed lifespan startup's, from Starlette)."""
+    return bool(record.exc_info or record.exc_text) or str(record.msg).startswith(_TRACEBACK)
 
 
 def without_traceback(record: logging.LogRecord, log: ServerLog) -> None:
     """Replace `record`'s traceback by a reference to where it is shown."""
     error = record.exc_info[1] if record.exc_info else None
-    # A record from a child process carries its traceback as text: its last line names the type.
-    last = (record.exc_text or "").strip().rpartition("\n")[2]
+    # A traceback as text (a child's, or the message itself): its last line names the type.
+    traceback_text = record.exc_text or (str(record.msg) if str(record.msg).startswith(_TRACEBACK) else "")
+    last = traceback_text.strip().rpartition("\n")[2]
     name = type(error).__name__ if error is not None else last.partition(":")[0].rpartition(".")[2] or "error"
     reference = (log.traceback_elsewhere or "[{name} traceback: shown with the error]").format(name=name)
-    record.msg = f"{str(record.msg).rstrip()} {reference}"
+    record.msg = reference if traceback_text and not record.exc_text else f"{str(record.msg).rstrip()} {reference}"
+    record.args = None if record.msg == reference else record.args
     record.exc_info = record.exc_text = None
 
 
@@ -193,12 +217,13 @@ class _CaptureFilter(logging.Filter):
             return True
         if record.levelno < log.level or (log.drop_access_log and record.name == "uvicorn.access"):
             return False
-        if log.propagate and record.exc_info and not passes_traceback_on(log, record.name):
+        passed_on = passes_on(log, record.name)
+        if passed_on and log.traceback_elsewhere is not None and carries_traceback(record):
             log.append(copy.copy(record))
             without_traceback(record, log)
         else:
             log.append(record)
-        return log.propagate
+        return passed_on
 
 
 _filter = _CaptureFilter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 import traceback
 import warnings
 from collections.abc import Generator, Iterator, Mapping
@@ -358,9 +359,10 @@ def shorten_crash(report: pytest.TestReport, message: str) -> None:
 def app_frames(error: BaseException) -> str:
     """`error` with the frames of the app's own code only (not the standard library's, installed packages' or
     the harness's)."""
-    library = ("site-packages", "<frozen ", f"{os.sep}importlib{os.sep}", f"{os.sep}uvicorn_testserver{os.sep}")
+    library = ("site-packages", "<frozen ", f"{os.sep}uvicorn_testserver{os.sep}")
+    stdlib = sysconfig.get_paths()["stdlib"]
     frames = traceback.extract_tb(error.__traceback__)
-    own = [frame for frame in frames if not any(part in frame.filename for part in library)]
+    own = [f for f in frames if not (f.filename.startswith(stdlib) or any(part in f.filename for part in library))]
     text = traceback.format_list(own) if own else []
     if text:
         text.insert(0, "Traceback (most recent call last):\n")

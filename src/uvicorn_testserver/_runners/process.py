@@ -36,7 +36,13 @@ from collections.abc import Mapping
 from typing import IO, Any
 
 from uvicorn_testserver._core.app_errors import InFlight
-from uvicorn_testserver._core.logs import LOGGER_NAMES, passes_traceback_on, record_from_fields, without_traceback
+from uvicorn_testserver._core.logs import (
+    LOGGER_NAMES,
+    carries_traceback,
+    passes_on,
+    record_from_fields,
+    without_traceback,
+)
 from uvicorn_testserver._core.run import FORCE_GRACE, Launch, done_within
 from uvicorn_testserver._core.uvicorn_internals import StartupFailed
 from uvicorn_testserver._runners.coverage import ChildCoverage
@@ -257,12 +263,12 @@ class ProcessRun:
         name = str(event["name"])
         if name in LOGGER_NAMES:
             self._launch.log.append(record)
-        logger = logging.getLogger(name)
-        if self._launch.log.propagate and logger.isEnabledFor(record.levelno):
-            if record.exc_text and not passes_traceback_on(self._launch.log, name):
+        log = self._launch.log
+        if passes_on(log, name) and logging.getLogger(name).isEnabledFor(record.levelno):
+            if log.traceback_elsewhere is not None and carries_traceback(record):
                 record = copy.copy(record)
-                without_traceback(record, self._launch.log)
-            logger.handle(record)
+                without_traceback(record, log)
+            logging.getLogger(name).handle(record)
 
     def _drain_output(self, stream: IO[bytes]) -> None:
         """Copy the child's output into `output` until end-of-file, or until the run is released."""
