@@ -15,7 +15,7 @@ import logging
 import signal
 import sys
 
-from uvicorn_testserver import ServerError, UvicornTestServer
+from uvicorn_testserver import PortInUseError, ServerError, UvicornTestServer
 from uvicorn_testserver.demo import app
 
 
@@ -38,6 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     server = UvicornTestServer(app, args.host, args.port, log_level="info", health_path="/health", shutdown_timeout=0.5)
     try:
         server.start()
+    except PortInUseError:
+        print(
+            f"error: cannot serve on {args.host}:{args.port}: the port is already in use. Run with --port 0 for a "
+            "free port, or stop whatever listens there.",
+            file=sys.stderr,
+        )
+        return 2
     except ServerError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         f"  curl {base}/test\n"
         f"  curl -X POST -H 'Content-Type: application/json' -d '{{\"hello\": \"world\"}}' {base}/api/data\n"
         f"  curl -N '{base}/events?count=3'\n"
-        f"  uv run python -m websockets {server.ws_url}/ws/echo\n",
+        f"  uv run --no-dev python -m websockets {server.ws_url}/ws/echo\n",
         flush=True,
     )
     signal.sigwait(stop_signals)

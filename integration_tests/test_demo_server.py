@@ -91,7 +91,15 @@ def test_demo_server_reports_a_taken_port(demo: tuple[subprocess.Popen[str], str
         timeout=20,
     )
     assert result.returncode == 2
-    assert f"127.0.0.1:{port}: the port is already in use" in result.stderr
+    assert f"127.0.0.1:{port}: the port is already in use. Run with --port 0 for a free port" in result.stderr
+    assert "port=0" not in result.stderr  # the command line's flag, not the library's argument
+
+
+def test_demo_server_suggests_commands_that_work_without_the_dev_group(demo: tuple[subprocess.Popen[str], str]) -> None:
+    process, _ = demo
+    assert process.stdout is not None
+    banner = [process.stdout.readline() for _ in range(8)]  # the rest of the banner (it is printed at once)
+    assert "uv run --no-dev python -m websockets ws://127.0.0.1:" in "".join(banner)
 
 
 def test_demo_server_stops_on_ctrl_c_with_a_stream_open_without_a_traceback(
