@@ -129,3 +129,20 @@ def test_readme_is_a_short_front_door() -> None:
     assert "uv run --no-dev python demo_server.py" in first_screen
     assert "uv run pytest" in first_screen
     assert "\nrun_pytest uv run pytest\n" in (ROOT / ".ci" / "run").read_text(), "CI must run the README's command"
+
+
+def test_the_readme_test_command_passes_without_chromium(tmp_path: Path) -> None:
+    """What a fresh machine without Chromium sees of the tests that drive it: skips, with the reason."""
+    env = {key: value for key, value in os.environ.items() if key not in {"CI", "PYTEST_ADDOPTS"}}
+    env["UVICORN_TESTSERVER_CHROMIUM"] = str(tmp_path / "no-chromium")
+    tests = [
+        "integration_tests/test_browser.py",
+        "integration_tests/test_playwright_base_url.py",
+        "integration_tests/test_docs_snippets.py::test_snippets_run[docs/guides/pytest-playwright.md]",
+    ]
+    command = [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", *tests]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no-chromium is missing: install Debian's chromium package" in result.stdout
+    assert " skipped" in result.stdout
+    assert " failed" not in result.stdout
