@@ -206,6 +206,7 @@ def test_ssl_context_without_ssl_true_is_a_state_error() -> None:
 def test_a_missing_trustme_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "trustme", None)  # what an environment without the package looks like
     with pytest.raises(
-        ImportError, match=r'ssl=True needs the trustme package.*pip install "uvicorn-testserver\[ssl\]"'
+        ImportError,
+        match=r"ssl=True needs the trustme package.*pip install trustme \(the extra uvicorn-testserver\[ssl\]\)",
     ):
         UvicornTestServer(hello_app, ssl=True)

@@ -102,7 +102,9 @@ def test_a_wsgi_import_string_that_does_not_import_fails_the_start() -> None:
 
 def test_a_missing_a2wsgi_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "a2wsgi", None)  # what an environment without the package looks like
-    with pytest.raises(ImportError, match=r'needs the a2wsgi package.*pip install "uvicorn-testserver\[wsgi\]"'):
+    with pytest.raises(
+        ImportError, match=r"needs the a2wsgi package.*pip install a2wsgi \(the extra uvicorn-testserver\[wsgi\]\)"
+    ):
         UvicornTestServer(flask_app)
 
 

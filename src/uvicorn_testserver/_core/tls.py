@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = ["SSL_INSTALL_HINT", "ServerTLS", "server_tls"]
 
-SSL_INSTALL_HINT = 'pip install "uvicorn-testserver[ssl]"'
+SSL_INSTALL_HINT = "pip install trustme (the extra uvicorn-testserver[ssl])"
 _USER_TLS_OPTIONS = ("ssl_certfile", "ssl_keyfile", "ssl_context_factory")
 _LOOPBACK_NAMES = ("127.0.0.1", "::1", "localhost")
 

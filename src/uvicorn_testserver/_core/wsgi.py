@@ -31,7 +31,7 @@ from uvicorn.importer import import_from_string
 
 __all__ = ["WSGI_INSTALL_HINT", "WSGIAdapter", "WSGIFactory", "is_wsgi_app", "serve_app"]
 
-WSGI_INSTALL_HINT = 'pip install "uvicorn-testserver[wsgi]"'
+WSGI_INSTALL_HINT = "pip install a2wsgi (the extra uvicorn-testserver[wsgi])"
 _DEFAULT_WORKERS = 10
 
 

@@ -49,7 +49,7 @@ def _fastapi_app(lifespan: Callable[[Any], Any] | None) -> Any:
     except ImportError as exc:
         raise ImportError(
             "AsyncTestServer and create_test_server() create a FastAPI app when no app is given, and FastAPI "
-            'is not installed: pip install "uvicorn-testserver[fastapi]", or pass any ASGI app.',
+            "is not installed: pip install fastapi (the extra uvicorn-testserver[fastapi]), or pass any ASGI app.",
             name="fastapi",
         ) from exc
     if lifespan is not None and inspect.isasyncgenfunction(lifespan):
