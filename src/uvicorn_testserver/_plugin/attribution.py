@@ -8,7 +8,7 @@ import sys
 import sysconfig
 import traceback
 import warnings
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -37,6 +37,7 @@ from uvicorn_testserver._plugin.options import (
 if TYPE_CHECKING:
     from uvicorn_testserver._faces.sync_server import UvicornTestServer
     from uvicorn_testserver._plugin.managed import ManagedServer
+    from uvicorn_testserver._plugin.run_scope import SharedServer
 
 
 class Watch:
@@ -305,17 +306,24 @@ def teardown_failure(item: pytest.Item) -> Exception | None:
 
 
 def exceptions_error(server: ManagedServer, errors: list[BaseException]) -> ServerExceptionsError:
-    error = ServerExceptionsError(
+    served = [server.served_when_raised(error) for error in errors]
+    return failing_exceptions_error(server, errors, served, SECTION_TITLE)
+
+
+def failing_exceptions_error(
+    server: ManagedServer | SharedServer, errors: Sequence[BaseException], served: Sequence[str], section: str
+) -> ServerExceptionsError:
+    """The error that fails a test for the app errors of `server` during it; the tracebacks are in `section`."""
+    return ServerExceptionsError(
         errors,
-        served=[server.served_when_raised(error) for error in errors],
-        shown=f"in the '{SECTION_TITLE}' section below",
+        served=served,
+        shown=f"in the '{section}' section below",
         expect="@pytest.mark.uvicorn(expect_errors={names_tuple})",
         url=server.base_url,
         host=server.host,
         port=server.port,
         app=describe_app(server.app),
     )
-    return error
 
 
 @pytest.hookimpl(wrapper=True)

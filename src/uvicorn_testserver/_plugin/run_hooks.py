@@ -14,7 +14,7 @@ from uvicorn_testserver._core.errors import (
     ServerStartupError,
 )
 from uvicorn_testserver._core.settings import AppType, describe_app
-from uvicorn_testserver._plugin.attribution import WATCH, plugin_state, warn_at
+from uvicorn_testserver._plugin.attribution import WATCH, failing_exceptions_error, plugin_state, warn_at
 from uvicorn_testserver._plugin.options import SHARED_TITLE
 
 if TYPE_CHECKING:
@@ -104,16 +104,7 @@ class SharedRunHooks:
             return None
         server = self.shared.server
         assert server is not None
-        return ServerExceptionsError(
-            errors,
-            served=served,
-            shown=f"in the '{SHARED_TITLE}' section below",
-            expect="@pytest.mark.uvicorn(expect_errors={names_tuple})",
-            url=server.base_url,
-            host=server.host,
-            port=server.port,
-            app=describe_app(server.app),
-        )
+        return failing_exceptions_error(server, errors, served, SHARED_TITLE)
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(
