@@ -10,6 +10,7 @@ cases it and the reports found.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -183,3 +184,60 @@ async def test_a_native_asyncio_cancel_of_a_stop_with_app_errors_propagates_the_
                 await live.start()
                 async with httpx.AsyncClient(base_url=live.base_url) as client:
                     assert (await client.get("/boom")).status_code == 500
+
+
+# -- found by the property test: cancellations that land between "lifespan started" and "serving" --------
+
+
+async def _counting_app(scope: Any, receive: Any, send: Any) -> None:
+    """Lifespan startup takes 20 ms and is counted, and so is shutdown; HTTP answers ``hello``."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await asyncio.sleep(0.02)
+                LIFESPAN["startup"] += 1
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                LIFESPAN["shutdown"] += 1
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+LIFESPAN = {"startup": 0, "shutdown": 0}
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", ["thread", "loop"])
+async def test_a_start_cancelled_once_lifespan_started_runs_lifespan_shutdown(mode: str) -> None:
+    # Cancelled just as the start completed, the serving task was cancelled after all: no lifespan shutdown.
+    server = AsyncTestServer(_counting_app, mode=mode)  # type: ignore[arg-type]
+    for ticks in range(30):
+        before = dict(LIFESPAN)
+        task = asyncio.create_task(server.start())
+        while LIFESPAN["startup"] == before["startup"] and not task.done():  # noqa: ASYNC110 - counts passes
+            await asyncio.sleep(0)
+        for _ in range(ticks):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, WAIT)
+        await server.stop()  # a start that completed before the cancellation is stopped here
+        assert LIFESPAN["shutdown"] - before["shutdown"] == LIFESPAN["startup"] - before["startup"], ticks
+
+
+@pytest.mark.asyncio
+async def test_a_loop_mode_start_cancelled_while_it_listens_leaves_no_watched_socket() -> None:
+    # Cancelled inside loop.create_server, the listener stayed registered on the caller's loop; a restart that
+    # got the same descriptor number then reported running but never accepted.
+    server = AsyncTestServer(_counting_app, mode="loop")
+    for round_ in range(24):
+        with anyio.move_on_after(0.018 + (round_ % 12) * 0.0005):  # around the end of lifespan startup
+            await server.start()
+        await server.stop()
+        await server.start()
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=WAIT) as client:
+            assert (await client.get("/")).text == "hello"
+        await server.stop()

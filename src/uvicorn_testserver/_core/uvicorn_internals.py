@@ -204,7 +204,7 @@ class HarnessServer(uvicorn.Server):
         try:
             await self.startup(sockets=[sock])
         except asyncio.CancelledError:
-            await self._end_cancelled_startup()
+            await self._end_cancelled_startup(sock)
             raise
         except SystemExit:
             recorder = self._recorder
@@ -230,10 +230,14 @@ class HarnessServer(uvicorn.Server):
             lifespan.main = tracked_main
         return lifespan
 
-    async def _end_cancelled_startup(self) -> None:
+    async def _end_cancelled_startup(self, sock: socket.socket) -> None:
         """After a start was abandoned mid-way: close what listens, and end the app's lifespan cleanly. A
         startup that completed gets its shutdown; one still running is cancelled, so no task is left pending."""
         self._close_listeners()
+        # Cancelled inside `loop.create_server`, the listener already serves but uvicorn never got the server
+        # object: the loop would keep watching the socket's descriptor, which a later socket may reuse.
+        with contextlib.suppress(ValueError, OSError):  # closed already
+            asyncio.get_running_loop().remove_reader(sock.fileno())
         lifespan, task = self.lifespan, self._lifespan_task
         completed = getattr(lifespan, "startup_event", None)
         if completed is not None and completed.is_set() and not lifespan.should_exit:

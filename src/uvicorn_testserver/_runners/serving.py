@@ -56,19 +56,25 @@ class Serving:
 
     def ask_stop(self, grace: float, sig: int) -> None:
         self.server.ask_stop(grace, sig)
-        if not self.server.has_started:
-            self.cancel()  # still starting (a startup that hangs): abort it, ending its lifespan cleanly
+        # Still starting (a startup that hangs, say): abort it, ending its lifespan cleanly. Decided on the loop:
+        # a server that finished its start meanwhile stops the graceful way, lifespan shutdown included.
+        self.cancel(only_while_starting=True)
 
     def force(self) -> None:
         self.server.force()
         self.cancel()
 
-    def cancel(self) -> None:
-        self.cancelled = True
+    def cancel(self, *, only_while_starting: bool = False) -> None:
+        if not (only_while_starting and self.server.has_started):
+            self.cancelled = True  # a task that has not run yet refuses to serve
         loop, task = self.loop, self.task
         if loop is not None and task is not None:
             with contextlib.suppress(RuntimeError):  # the loop is already closed
-                loop.call_soon_threadsafe(task.cancel)
+                loop.call_soon_threadsafe(self._cancel_task, task, only_while_starting)
+
+    def _cancel_task(self, task: asyncio.Task[Any], only_while_starting: bool) -> None:
+        if not (only_while_starting and self.server.has_started):
+            task.cancel()
 
     def in_flight(self) -> list[InFlight]:
         """The requests the app handles, once the loop finished the step it was in."""
