@@ -84,6 +84,7 @@ class _Work:
         self.outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.done = anyio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._thread: threading.Thread | None = None
 
     @classmethod
     def in_thread(cls, function: Callable[[], None], what: str) -> _Work:
@@ -101,7 +102,8 @@ class _Work:
             finally:
                 wake()
 
-        threading.Thread(target=run, name=f"uvicorn-testserver {what}", daemon=True).start()
+        work._thread = threading.Thread(target=run, name=f"uvicorn-testserver {what}", daemon=True)
+        work._thread.start()
         return work
 
     @classmethod
@@ -133,11 +135,12 @@ class _Work:
         cancellation, or None."""
         try:
             await self.done.wait()
-            return None
         except anyio.get_cancelled_exc_class() as exc:
             if until_done:
                 await self.finish()
             return exc
+        self._joined()
+        return None
 
     async def finish(self) -> None:
         """Wait until the work is done, whatever is cancelled meanwhile: it has its own deadlines. Shielded from
@@ -145,6 +148,12 @@ class _Work:
         while not self.done.is_set():
             with contextlib.suppress(anyio.get_cancelled_exc_class()), anyio.CancelScope(shield=True):
                 await self.done.wait()
+        self._joined()
+
+    def _joined(self) -> None:
+        """Once done, the thread's last act was to wake us: join it (at once), so no thread outlives the call."""
+        if self._thread is not None:
+            self._thread.join()
 
 
 def _waker(event: anyio.Event) -> Callable[[], None]:
