@@ -217,6 +217,15 @@ ws_app = Starlette(routes=[WebSocketRoute("/ws", _ws_echo)])
 # -- resource probes -----------------------------------------------------------------------
 
 
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists (a zombie not yet collected counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def fd_count() -> int:
     """Open file descriptors of this process."""
     return len(os.listdir("/proc/self/fd"))

@@ -72,7 +72,7 @@ from hypothesis.stateful import (
 )
 
 import apps_properties
-from apps import fd_count, port_is_free
+from apps import alive, fd_count, port_is_free
 from uvicorn_testserver import AsyncTestServer, ServerExceptionsError, ServerStateError, UvicornTestServer
 
 T = TypeVar("T")
@@ -266,14 +266,6 @@ class EventLoopThread:
 def library_threads() -> set[threading.Thread]:
     """The live threads of uvicorn-testserver (servers, child readers, async bridges), by their names."""
     return {thread for thread in threading.enumerate() if "uvicorn-testserver" in thread.name and thread.is_alive()}
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def within(seconds: float, check: Callable[[], bool]) -> bool:

@@ -23,7 +23,7 @@ import pytest
 import requests
 
 import apps_modes
-from apps import fd_count, port_is_free, server_threads
+from apps import alive, fd_count, port_is_free, server_threads
 from uvicorn_testserver import (
     AsyncTestServer,
     ChildAppError,
@@ -45,14 +45,6 @@ def server(mode: str, app: Any = APP, **options: Any) -> AsyncTestServer:
 
 def thread_count() -> int:
     return threading.active_count()
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 # -- features ------------------------------------------------------------------------------------
