@@ -231,5 +231,5 @@ def expected_count_problem(
 
 
 def error_type_name(error: BaseException) -> str:
-    """The short name of `error`'s type (a `ChildAppError`'s: the child's), for `expect_errors(...)` hints."""
+    """The short name of `error`'s type (a `ChildAppError`'s: the child's), as hints and log references name it."""
     return str(getattr(error, "type_name", type(error).__name__)).rpartition(".")[2]

@@ -21,7 +21,7 @@ from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from uvicorn_testserver._core.errors import format_exception
+from uvicorn_testserver._core.errors import error_type_name, format_exception
 
 __all__ = [
     "LOGGER_NAMES",
@@ -120,9 +120,8 @@ def format_records(
         message = record.getMessage()
         # A framework that reports a failed lifespan startup sends the traceback as the message (Starlette).
         traced = next((e for e in shown if message.rstrip().endswith(_last_line(e))), None) if shown else None
-        if traced is not None and message.startswith("Traceback (most recent call last)"):
-            name = getattr(traced, "type_name", None) or type(traced).__name__
-            message = reference.format(name=name.rpartition(".")[2])
+        if traced is not None and message.startswith(_TRACEBACK):
+            message = reference.format(name=error_type_name(traced))
         lines.append(f"{stamp} {record.levelname:<8} {record.name}: {message}")
         error = record.exc_info[1] if record.exc_info else None
         text = format_exception(error) if error is not None else getattr(record, "exc_text", None)
@@ -132,8 +131,7 @@ def format_records(
         if already is None:
             lines.append(text)
         else:
-            name = getattr(already, "type_name", None) or type(already).__name__
-            lines[-1] = f"{lines[-1].rstrip()} {reference.format(name=name.rpartition('.')[2])}"
+            lines[-1] = f"{lines[-1].rstrip()} {reference.format(name=error_type_name(already))}"
     return "\n".join(lines)
 
 
@@ -205,8 +203,10 @@ def without_traceback(record: logging.LogRecord, log: ServerLog) -> None:
     last = traceback_text.strip().rpartition("\n")[2]
     name = type(error).__name__ if error is not None else last.partition(":")[0].rpartition(".")[2] or "error"
     reference = (log.traceback_elsewhere or "[{name} traceback: shown with the error]").format(name=name)
-    record.msg = reference if traceback_text and not record.exc_text else f"{str(record.msg).rstrip()} {reference}"
-    record.args = None if record.msg == reference else record.args
+    if traceback_text and not record.exc_text:  # the message was the traceback: the reference replaces it
+        record.msg, record.args = reference, None
+    else:
+        record.msg = f"{str(record.msg).rstrip()} {reference}"
     record.exc_info = record.exc_text = None
 
 

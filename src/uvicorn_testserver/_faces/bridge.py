@@ -5,8 +5,9 @@ before the first await (so there is always a worker to wait for), or, in loop mo
 a task of its own on the caller's loop. The caller waits for it, and a cancellation
 never leaves a server behind or a caller waiting on nothing:
 
-* a cancelled start is abandoned (a startup under way completes and is shut down, lifespan
-  shutdown included), whatever it started is stopped, then the cancellation propagates;
+* a cancelled start is abandoned (a startup under way is cancelled, and a lifespan startup
+  that completed gets its shutdown), whatever it started is stopped, then the cancellation
+  propagates;
 * a cancelled stop finishes within its bounds, then the cancellation propagates;
 * the app's errors stay in `errors` and never replace a cancellation.
 """
