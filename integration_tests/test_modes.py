@@ -27,10 +27,12 @@ from apps import alive, fd_count, port_is_free, server_threads
 from uvicorn_testserver import (
     AsyncTestServer,
     ChildAppError,
+    ProcessServer,
     ServerExceptionsError,
     ServerStartupError,
     ServerStateError,
     UvicornTestServer,
+    create_test_server,
 )
 
 MODES = ["thread", "loop", "process"]
@@ -412,11 +414,33 @@ def test_a_subclass_keeps_process_mode() -> None:
         assert requests.get(live.url("/"), timeout=WAIT).text == "hello"
 
 
-def test_the_sync_face_shows_its_real_signature() -> None:
+@pytest.mark.parametrize("face", [UvicornTestServer, ProcessServer, AsyncTestServer, create_test_server])
+def test_every_face_shows_every_option_in_its_signature(face: Callable[..., Any]) -> None:
     import inspect
 
-    parameters = inspect.signature(UvicornTestServer).parameters
-    assert {"mode", "ssl", "health_path", "startup_timeout", "shutdown_timeout", "env", "cwd"} <= parameters.keys()
+    import uvicorn
+
+    from uvicorn_testserver._core.settings import REJECTED_OPTIONS
+
+    parameters = inspect.signature(face).parameters
+    assert not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    uvicorns = set(inspect.signature(uvicorn.Config.__init__).parameters) - {"self"} - REJECTED_OPTIONS.keys()
+    assert {"ssl", "health_path", "startup_timeout", "shutdown_timeout", "env", "cwd", *uvicorns} <= parameters.keys()
+    assert parameters["root_path"].default == ""  # uvicorn's own default
+
+
+def test_the_typed_options_cover_uvicorns() -> None:
+    import inspect
+
+    import uvicorn
+
+    from uvicorn_testserver import AsyncServerOptions, ServerOptions, UvicornOptions
+    from uvicorn_testserver._core.settings import DEFAULTS, REJECTED_OPTIONS
+
+    uvicorns = set(inspect.signature(uvicorn.Config.__init__).parameters) - {"self"} - REJECTED_OPTIONS.keys()
+    assert uvicorns - {"lifespan"} <= UvicornOptions.__annotations__.keys()
+    assert DEFAULTS.keys() <= ServerOptions.__annotations__.keys() | {"host", "port"}
+    assert DEFAULTS.keys() <= AsyncServerOptions.__annotations__.keys()
 
 
 @pytest.mark.parametrize("face", [UvicornTestServer, AsyncTestServer])

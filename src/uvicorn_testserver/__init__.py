@@ -24,7 +24,7 @@ from uvicorn_testserver._core.errors import (
     WebSocketClosedError,
 )
 from uvicorn_testserver._core.logs import ServerLog
-from uvicorn_testserver._core.settings import LogLevel, ServerURL
+from uvicorn_testserver._core.settings import AsyncServerOptions, LogLevel, ServerOptions, ServerURL, UvicornOptions
 
 if _TYPE_CHECKING:
     from uvicorn_testserver._client.client import AsyncTestClient
@@ -82,6 +82,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "AsyncServerMode",
+    "AsyncServerOptions",
     "AsyncTestClient",
     "AsyncTestResponse",
     "AsyncTestServer",
@@ -97,12 +98,14 @@ __all__ = [
     "ServerError",
     "ServerExceptionsError",
     "ServerLog",
+    "ServerOptions",
     "ServerSentEvent",
     "ServerShutdownError",
     "ServerStartupError",
     "ServerStateError",
     "ServerURL",
     "SharedServer",
+    "UvicornOptions",
     "UvicornTestServer",
     "WebSocketClosedError",
     "WebSocketConfig",

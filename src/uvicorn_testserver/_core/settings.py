@@ -17,11 +17,14 @@ import logging
 import math
 import os
 import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, get_args
 
 if TYPE_CHECKING:
+    import asyncio
+    import ssl as ssl_module
+
     from uvicorn_testserver._core.tls import ServerTLS
 
 # uvicorn, ssl (for ssl=True) and a2wsgi (for WSGI apps) load when a server is built, not on import:
@@ -34,17 +37,21 @@ __all__ = [
     "MODES",
     "STOP_SIGNALS",
     "AppType",
+    "AsyncServerOptions",
     "LogLevel",
     "Mode",
+    "ServerOptions",
     "ServerSettings",
     "ServerURL",
     "StopSignal",
+    "UvicornOptions",
     "check_options",
     "check_seconds",
     "check_uvicorn_options",
     "connect_host",
     "describe_app",
     "server_url",
+    "spelled_out",
 ]
 
 AppType = Callable[..., Any] | str
@@ -101,10 +108,138 @@ REJECTED_OPTIONS: dict[str, str] = {
     "log_level": "pass log_level as an argument of the server",
 }
 
-_CHOSEN = frozenset({*DEFAULTS, "mode"})
-
 #: The options of a face that are neither settings with a default nor uvicorn's.
 FACE_ONLY = frozenset({"mode", "env", "cwd"})
+
+
+class UvicornOptions(TypedDict, total=False):
+    """The `uvicorn.Config` options a test server passes through to uvicorn, as uvicorn types them.
+
+    Those a test server cannot honour (``workers``, ``reload``, ``uds``, ``fd``,
+    ``log_config``, ...) are refused with the reason. A newer uvicorn's options work too:
+    every name `uvicorn.Config` takes is accepted at run time.
+    """
+
+    loop: str
+    http: str | type[asyncio.Protocol]
+    http2: bool
+    ws: str | type[asyncio.Protocol]
+    ws_max_size: int
+    ws_max_queue: int
+    ws_ping_interval: float | None
+    ws_ping_timeout: float | None
+    ws_per_message_deflate: bool
+    env_file: str | os.PathLike[str] | None
+    access_log: bool
+    use_colors: bool | None
+    interface: Literal["auto", "asgi3", "asgi2", "wsgi"]
+    proxy_headers: bool
+    server_header: bool
+    date_header: bool
+    forwarded_allow_ips: list[str] | str | None
+    root_path: str
+    limit_concurrency: int | None
+    limit_max_requests: int | None
+    limit_max_requests_jitter: int
+    backlog: int
+    timeout_keep_alive: int
+    timeout_notify: int
+    timeout_worker_healthcheck: int
+    callback_notify: Callable[..., Awaitable[None]] | None
+    ssl_keyfile: str | os.PathLike[str] | None
+    ssl_certfile: str | os.PathLike[str] | None
+    ssl_keyfile_password: str | None
+    ssl_version: int
+    ssl_cert_reqs: int
+    ssl_ca_certs: str | os.PathLike[str] | None
+    ssl_ciphers: str | None
+    ssl_context_factory: Callable[..., ssl_module.SSLContext] | None
+    headers: list[tuple[str, str]] | None
+    factory: bool
+    h11_max_incomplete_event_size: int | None
+    reset_contextvars: bool
+
+
+class _HarnessOptions(UvicornOptions, total=False):
+    ssl: bool
+    """Serve HTTPS and WSS with a throw-away certificate authority (``trustme``); see `ca_path`."""
+    health_path: str | None
+    """A path that must answer 2xx before the start returns, such as ``"/health"``."""
+    startup_timeout: float
+    """Seconds the start may take (a deadline for failures: a passing start never waits it out)."""
+    shutdown_timeout: float
+    """Seconds requests in flight may take to finish at stop before they are cut."""
+    raise_server_exceptions: bool
+    """Raise the app's unhandled exceptions from the stop that ends the run (`ServerExceptionsError`)."""
+    log_level: LogLevel
+    """The level of the server's log: what `log` captures and what reaches the process's logging."""
+    propagate_logs: bool
+    """Let the server's log reach the process's logging (pytest's ``caplog``) as well as `log`."""
+    stop_signal: StopSignal | signal.Signals
+    """The signal whose handling `stop()` goes through: ``"SIGTERM"`` (a process manager) or ``"SIGINT"``."""
+    env: Mapping[str, str] | None
+    """``mode="process"``: environment variables added to the child's."""
+    cwd: str | os.PathLike[str] | None
+    """``mode="process"``: the child's working directory."""
+
+
+class ServerOptions(_HarnessOptions, total=False):
+    """The keyword options of `UvicornTestServer` and `ProcessServer`, typed: the harness's own, with their
+    defaults in `DEFAULTS`, and `uvicorn.Config`'s (`UvicornOptions`)."""
+
+    lifespan: Literal["auto", "on", "off"]
+    """uvicorn's lifespan option: ``"auto"`` (its default), ``"on"`` or ``"off"``."""
+
+
+class AsyncServerOptions(_HarnessOptions, total=False):
+    """The keyword options of `AsyncTestServer` and `create_test_server` besides ``app``, ``mode``, ``lifespan``
+    and ``client_timeout``: `ServerOptions`' and where the server listens."""
+
+    host: str
+    """The interface to bind: loopback unless told otherwise."""
+    port: int
+    """The port to bind; 0 (the default) picks a free one, race-free."""
+
+
+_Face = TypeVar("_Face", bound=Callable[..., Any])
+
+
+def spelled_out(face: _Face) -> _Face:
+    """Show a face's ``**options`` as the options they are: `inspect.signature` (and ``help()``) lists each
+    with its default, the harness's from `DEFAULTS`, uvicorn's from `uvicorn.Config`."""
+    signature = inspect.signature(face)
+    config = inspect.signature(_uvicorn_config()).parameters
+    own = {
+        parameter.name
+        for parameter in signature.parameters.values()
+        if parameter.kind is not inspect.Parameter.VAR_KEYWORD
+    }
+    keywords = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=DEFAULTS.get(name, config[name].default if name in config else None),
+            annotation=annotation,
+        )
+        for name, annotation in _spelled_options().items()
+        if name not in own and (name in config or name in DEFAULTS or name in FACE_ONLY)
+    ]
+    parameters = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    face.__signature__ = signature.replace(parameters=[*parameters, *keywords])  # type: ignore[attr-defined]
+    return face
+
+
+def _spelled_options() -> dict[str, str]:
+    """Every option's name and type, the harness's first, as the API reference lists them."""
+    typed = {**AsyncServerOptions.__annotations__, **ServerOptions.__annotations__}
+    order = [*DEFAULTS, "env", "cwd", "lifespan", *UvicornOptions.__annotations__]
+    return {name: getattr(typed[name], "__forward_arg__", typed[name]) for name in order}
+
+
+def _uvicorn_config() -> Callable[..., Any]:
+    import uvicorn
+
+    return uvicorn.Config.__init__
 
 
 @functools.cache
@@ -188,48 +323,36 @@ class ServerSettings:
     cwd: str | os.PathLike[str] | None
 
     @classmethod
-    def build(
-        cls,
-        app: AppType,
-        *,
-        uvicorn_options: Mapping[str, Any],
-        env: Mapping[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None,
-        **chosen: Any,
-    ) -> ServerSettings:
+    def build(cls, app: AppType, *, mode: Mode = "thread", options: Mapping[str, Any]) -> ServerSettings:
         """Check every option; raise `TypeError` / `ValueError` naming the option and what it accepts.
 
-        `chosen` are the options named in `DEFAULTS` (plus ``mode``), as a face was given them.
+        `options` are a face's keyword options as it was given them (`ServerOptions`, with
+        ``host`` and ``port``): the harness's own, then ``env`` and ``cwd``, then uvicorn's.
         """
         if not isinstance(app, str) and not callable(app):
             raise TypeError(
                 f"app must be an ASGI application or an import string like 'package.module:app', "
                 f"not {type(app).__name__}."
             )
-        if unknown := chosen.keys() - _CHOSEN:
-            raise TypeError(f"unknown server options: {', '.join(sorted(unknown))}.")
-        values = {"mode": "thread", **DEFAULTS, **chosen}
-        if isinstance(values["stop_signal"], signal.Signals):  # signal.SIGINT as well as "SIGINT"
-            values["stop_signal"] = values["stop_signal"].name
-        options = dict(uvicorn_options)
-        _check_values(options=options, env=env, cwd=cwd, **values)
-        _check_app_for_mode(values["mode"], app)
+        values, uvicorn_options, env, cwd = _checked(mode, options)
+        _check_app_for_mode(mode, app)
         ssl = values.pop("ssl")
         tls = None
         if ssl:
             from uvicorn_testserver._core.tls import server_tls
 
-            tls = server_tls(ssl, options, values["host"])
-        if values["mode"] == "process":  # the child imports the app and wraps a WSGI app itself
-            served_app, served_options = app, options
+            tls = server_tls(ssl, uvicorn_options, values["host"])
+        if mode == "process":  # the child imports the app and wraps a WSGI app itself
+            served_app, served_options = app, uvicorn_options
         else:
             from uvicorn_testserver._core.wsgi import serve_app
 
-            served_app, served_options = serve_app(app, options)
+            served_app, served_options = serve_app(app, uvicorn_options)
         return cls(
             app=app,
+            mode=mode,
             tls=tls,
-            uvicorn_options=options,
+            uvicorn_options=uvicorn_options,
             served_app=served_app,
             served_options=served_options,
             env=dict(env) if env is not None else None,
@@ -259,57 +382,42 @@ class ServerSettings:
 
 
 def check_options(options: Mapping[str, Any]) -> None:
-    """Check options as the faces take them (the harness's and uvicorn's, by name), before there is an app.
-
-    Raises `TypeError` / `ValueError` as `ServerSettings.build` would; used by the pytest
-    plugin to report ini and marker options as usage errors.
-    """
-    harness = {name: options.get(name, default) for name, default in DEFAULTS.items()}
-    extra = {name: value for name, value in options.items() if name not in DEFAULTS and name not in FACE_ONLY}
-    _check_values(
-        mode=options.get("mode", "thread"),
-        options=extra,
-        env=options.get("env"),
-        cwd=options.get("cwd"),
-        **harness,
-    )
+    """Check options as the faces take them (``mode``, the harness's and uvicorn's, by name), before there is
+    an app. Raises `TypeError` / `ValueError` as `ServerSettings.build` would; used by the pytest plugin to
+    report ini and marker options as usage errors."""
+    options = dict(options)
+    _checked(options.pop("mode", "thread"), options)
 
 
-def _check_values(
-    *,
-    mode: Any,
-    host: Any,
-    port: Any,
-    ssl: Any,
-    health_path: Any,
-    startup_timeout: Any,
-    shutdown_timeout: Any,
-    raise_server_exceptions: Any,
-    log_level: Any,
-    propagate_logs: Any,
-    stop_signal: Any,
-    options: dict[str, Any],
-    env: Any,
-    cwd: Any,
-) -> None:
+def _checked(
+    mode: str, options: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any], Mapping[str, str] | None, str | os.PathLike[str] | None]:
+    """`options` checked and split: the harness's values (defaults filled in), uvicorn's, ``env``, ``cwd``."""
     _one_of("mode", mode, MODES)
+    values = {name: options.get(name, default) for name, default in DEFAULTS.items()}
+    uvicorn_options = {name: value for name, value in options.items() if name not in DEFAULTS and name not in FACE_ONLY}
+    env, cwd = options.get("env"), options.get("cwd")
+    if isinstance(values["stop_signal"], signal.Signals):  # signal.SIGINT as well as "SIGINT"
+        values["stop_signal"] = values["stop_signal"].name
+    host, port, health_path = values["host"], values["port"], values["health_path"]
     _of_type("host", host, str, "a string such as '127.0.0.1'")
     _of_type("port", port, int, "an integer from 0 to 65535 (0 picks a free port)")
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be from 0 to 65535 (0 picks a free port), not {port!r}.")
-    _of_type("ssl", ssl, bool, "True or False")
+    _of_type("ssl", values["ssl"], bool, "True or False")
     if health_path is not None:
         _of_type("health_path", health_path, str, "a path such as '/health', or None")
         if not health_path.startswith("/"):
             raise ValueError(f"health_path must start with '/', like '/health', not {health_path!r}.")
-    for name, value in (("startup_timeout", startup_timeout), ("shutdown_timeout", shutdown_timeout)):
-        check_seconds(name, value, zero=False)
-    _of_type("raise_server_exceptions", raise_server_exceptions, bool, "True or False")
-    _one_of("log_level", log_level, tuple(LEVELS))
-    _of_type("propagate_logs", propagate_logs, bool, "True or False")
-    _one_of("stop_signal", stop_signal.name if isinstance(stop_signal, signal.Signals) else stop_signal, STOP_SIGNALS)
-    check_uvicorn_options(options)
-    _check_mode(mode, options, env, cwd)
+    for name in ("startup_timeout", "shutdown_timeout"):
+        check_seconds(name, values[name], zero=False)
+    for name in ("raise_server_exceptions", "propagate_logs"):
+        _of_type(name, values[name], bool, "True or False")
+    _one_of("log_level", values["log_level"], tuple(LEVELS))
+    _one_of("stop_signal", values["stop_signal"], STOP_SIGNALS)
+    check_uvicorn_options(uvicorn_options)
+    _check_mode(mode, uvicorn_options, env, cwd)
+    return values, uvicorn_options, env, cwd
 
 
 def check_seconds(name: str, value: object, *, zero: bool = True) -> float:
@@ -335,7 +443,7 @@ def _one_of(name: str, value: object, accepted: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(accepted)}, not {value!r}.")
 
 
-def _check_mode(mode: Mode, options: dict[str, Any], env: object, cwd: object) -> None:
+def _check_mode(mode: str, options: dict[str, Any], env: object, cwd: object) -> None:
     """Refuse what the chosen mode cannot do, rather than serve something else."""
     if mode != "process":
         misplaced = [name for name, value in (("env", env), ("cwd", cwd)) if value is not None]

@@ -13,11 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import os
-import signal
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, Unpack
 
 import anyio
 import sniffio
@@ -27,7 +25,14 @@ from uvicorn_testserver._client.response import DEFAULT_TIMEOUT
 from uvicorn_testserver._core.engine import ServerCore
 from uvicorn_testserver._core.errors import ServerStateError
 from uvicorn_testserver._core.run import Launch, Run
-from uvicorn_testserver._core.settings import AppType, LogLevel, Mode, ServerSettings, StopSignal, check_seconds
+from uvicorn_testserver._core.settings import (
+    AppType,
+    AsyncServerOptions,
+    Mode,
+    ServerSettings,
+    check_seconds,
+    spelled_out,
+)
 from uvicorn_testserver._faces import bridge
 from uvicorn_testserver._faces.live import LiveServer, errors_noted_on
 from uvicorn_testserver._runners.loop import LoopRun
@@ -81,29 +86,19 @@ class AsyncTestServer(LiveServer):
 
     __test__ = False
 
+    @spelled_out
     def __init__(
         self,
         app: AppType | None = None,
         *,
         lifespan: Callable[[Any], Any] | Literal["auto", "on", "off"] | None = None,
-        host: str = "127.0.0.1",
-        port: int = 0,
         mode: AsyncServerMode = "thread",
-        ssl: bool = False,
-        health_path: str | None = None,
-        startup_timeout: float = 30.0,
-        shutdown_timeout: float = 5.0,
-        raise_server_exceptions: bool = True,
-        log_level: LogLevel = "warning",
-        propagate_logs: bool = True,
-        stop_signal: StopSignal | signal.Signals = "SIGTERM",
-        env: Mapping[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None,
         client_timeout: float | None = DEFAULT_TIMEOUT,
-        **uvicorn_options: Any,
+        **options: Unpack[AsyncServerOptions],
     ) -> None:
+        uvicorn_lifespan: dict[str, str] = {}
         if isinstance(lifespan, str):  # uvicorn's own option: "auto", "on" or "off"
-            uvicorn_options["lifespan"], lifespan = lifespan, None
+            uvicorn_lifespan["lifespan"], lifespan = lifespan, None
         if app is None:
             if mode == "process":
                 raise TypeError(
@@ -115,23 +110,7 @@ class AsyncTestServer(LiveServer):
             raise TypeError(
                 "lifespan= is for the FastAPI app created when no app is given; give your own app its lifespan."
             )
-        settings = ServerSettings.build(
-            app,
-            mode=mode,
-            host=host,
-            port=port,
-            ssl=ssl,
-            health_path=health_path,
-            startup_timeout=startup_timeout,
-            shutdown_timeout=shutdown_timeout,
-            raise_server_exceptions=raise_server_exceptions,
-            log_level=log_level,
-            propagate_logs=propagate_logs,
-            stop_signal=stop_signal,
-            uvicorn_options=uvicorn_options,
-            env=env,
-            cwd=cwd,
-        )
+        settings = ServerSettings.build(app, mode=mode, options={**options, **uvicorn_lifespan})
         self.client_timeout = client_timeout
         self._loop: asyncio.AbstractEventLoop | None = None  # the caller's, in loop mode
         self._core = ServerCore(settings, self._new_run)
@@ -250,11 +229,14 @@ class AsyncTestServer(LiveServer):
             await self.stop()
 
 
+@spelled_out
 def create_test_server(
     app: AppType | None = None,
     *,
     lifespan: Callable[[Any], Any] | Literal["auto", "on", "off"] | None = None,
-    **options: Any,
+    mode: AsyncServerMode = "thread",
+    client_timeout: float | None = DEFAULT_TIMEOUT,
+    **options: Unpack[AsyncServerOptions],
 ) -> AsyncTestServer:
     """An `AsyncTestServer` to use as ``async with create_test_server() as server:``.
 
@@ -262,4 +244,4 @@ def create_test_server(
     optional extra ``uvicorn-testserver[fastapi]``). `options` are those of
     `AsyncTestServer` (``mode``, ``startup_timeout``, ``port``, uvicorn options, ...).
     """
-    return AsyncTestServer(app, lifespan=lifespan, **options)
+    return AsyncTestServer(app, lifespan=lifespan, mode=mode, client_timeout=client_timeout, **options)

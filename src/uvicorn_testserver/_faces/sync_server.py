@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
-from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, Unpack
 
 from uvicorn_testserver._core.engine import ServerCore
 from uvicorn_testserver._core.errors import ServerStateError
-from uvicorn_testserver._core.settings import AppType, LogLevel, ServerSettings, StopSignal, check_seconds
+from uvicorn_testserver._core.settings import (
+    DEFAULTS,
+    AppType,
+    ServerOptions,
+    ServerSettings,
+    check_seconds,
+    spelled_out,
+)
 from uvicorn_testserver._faces.live import LiveServer, errors_noted_on
 from uvicorn_testserver._runners.process import ProcessRun
 from uvicorn_testserver._runners.thread import ThreadRun
@@ -48,45 +52,20 @@ class UvicornTestServer(LiveServer):
     unless ``propagate_logs=False`` keeps it in `log` alone.
     """
 
+    @spelled_out
     def __init__(
         self,
         app: AppType,
-        host: str = "127.0.0.1",
-        port: int = 0,
+        host: str = DEFAULTS["host"],
+        port: int = DEFAULTS["port"],
         *,
         mode: Literal["thread", "process"] = "thread",
-        ssl: bool = False,
-        health_path: str | None = None,
-        startup_timeout: float = 30.0,
-        shutdown_timeout: float = 5.0,
-        raise_server_exceptions: bool = True,
-        log_level: LogLevel = "warning",
-        propagate_logs: bool = True,
-        stop_signal: StopSignal | signal.Signals = "SIGTERM",
-        env: Mapping[str, str] | None = None,
-        cwd: str | os.PathLike[str] | None = None,
-        **uvicorn_options: Any,
+        **options: Unpack[ServerOptions],
     ) -> None:
         if mode not in ("thread", "process"):
             hint = " (mode='loop' runs on your event loop: use AsyncTestServer)" if str(mode) == "loop" else ""
             raise ValueError(f"mode must be 'thread' or 'process', not {mode!r}{hint}.")
-        settings = ServerSettings.build(
-            app,
-            mode=mode,
-            host=host,
-            port=port,
-            ssl=ssl,
-            health_path=health_path,
-            startup_timeout=startup_timeout,
-            shutdown_timeout=shutdown_timeout,
-            raise_server_exceptions=raise_server_exceptions,
-            log_level=log_level,
-            propagate_logs=propagate_logs,
-            stop_signal=stop_signal,
-            uvicorn_options=uvicorn_options,
-            env=env,
-            cwd=cwd,
-        )
+        settings = ServerSettings.build(app, mode=mode, options={"host": host, "port": port, **options})
         self._core = ServerCore(settings, ThreadRun if mode == "thread" else ProcessRun)
 
     def start(self) -> Self:
@@ -181,7 +160,10 @@ class ProcessServer(UvicornTestServer):
     working directory; the child also gets the test process's ``sys.path``.
     """
 
-    def __init__(self, app: str, host: str = "127.0.0.1", port: int = 0, **options: Any) -> None:
+    @spelled_out
+    def __init__(
+        self, app: str, host: str = DEFAULTS["host"], port: int = DEFAULTS["port"], **options: Unpack[ServerOptions]
+    ) -> None:
         if "mode" in options:
             raise ValueError("ProcessServer always runs the app in a child process; it takes no mode=.")
         super().__init__(app, host, port, mode="process", **options)

@@ -338,7 +338,7 @@ def keep(directory: Path) -> int:
         errors.write(json.dumps(entry) + "\n")
 
     try:
-        settings = ServerSettings.build(spec["app"], mode="thread", uvicorn_options=options, **harness)
+        settings = ServerSettings.build(spec["app"], options={**options, **harness})
         core = ServerCore(settings, ThreadRun)
         core.on_app_error = record_error
         core.start()

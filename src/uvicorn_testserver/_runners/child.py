@@ -123,17 +123,16 @@ def serve(channel: Channel, listener: socket.socket, config: dict[str, Any]) -> 
     try:
         settings = ServerSettings.build(
             config["app"],
-            mode="thread",
-            host=config["host"],
-            port=0,
-            ssl=False,  # the parent wrote the certificate files; they are in the options
-            health_path=None,  # the parent checks health
-            startup_timeout=float(config["startup_timeout"]) + FORCE_GRACE,  # the parent's deadline comes first
-            shutdown_timeout=float(config["shutdown_timeout"]),
-            raise_server_exceptions=False,  # each error goes to the parent as it happens
-            log_level=config["log_level"],
-            stop_signal=config["stop_signal"],
-            uvicorn_options=config["options"],
+            options={
+                **config["options"],
+                "host": config["host"],
+                "ssl": False,  # the parent wrote the certificate files; they are in the options
+                "startup_timeout": float(config["startup_timeout"]) + FORCE_GRACE,  # the parent's deadline first
+                "shutdown_timeout": float(config["shutdown_timeout"]),
+                "raise_server_exceptions": False,  # each error goes to the parent as it happens
+                "log_level": config["log_level"],
+                "stop_signal": config["stop_signal"],
+            },
         )
     except (TypeError, ValueError, ImportError) as exc:
         return fail(channel, f"cannot configure uvicorn: {exc!r}", exc)
