@@ -146,7 +146,7 @@ def test_an_app_object_is_refused_with_a_clear_type_error() -> None:
 
 def test_an_option_that_is_not_json_is_refused() -> None:
     with pytest.raises(TypeError, match=r"ssl_context_factory=.* is not JSON-serialisable"):
-        UvicornTestServer("apps_process:app", mode="process", ssl_context_factory=lambda *_: None)  # type: ignore[arg-type,return-value]
+        UvicornTestServer("apps_process:app", mode="process", ssl_context_factory=lambda *_: None)  # type: ignore[arg-type]
 
 
 def test_env_and_cwd_in_thread_mode_are_refused() -> None:
