@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from uvicorn_testserver._core.app_errors import AppErrorSink, InFlight
 from uvicorn_testserver._core.errors import (
@@ -35,7 +35,7 @@ from uvicorn_testserver._core.errors import (
 )
 from uvicorn_testserver._core.health import probe
 from uvicorn_testserver._core.logs import ServerLog, capture_into, harness_logger, install_capture, log_level_lease
-from uvicorn_testserver._core.run import FORCE_GRACE, STOP_MARGIN, InLoopRun, Launch, Run, RunFactory
+from uvicorn_testserver._core.run import FORCE_GRACE, STOP_MARGIN, AnyRun, Launch, RunFactory
 from uvicorn_testserver._core.settings import ServerSettings, server_url
 from uvicorn_testserver._core.sockets import bind_socket
 from uvicorn_testserver._core.uvicorn_internals import StartupFailed
@@ -105,11 +105,11 @@ class ServerCore:
         self._lock = threading.Lock()
         self._port = settings.port
         self._sock: socket.socket | None = None  # bound by bind(), not yet handed to a run
-        self._run: Run | None = None
+        self._run: AnyRun | None = None
         self._cleanup: ExitStack | None = None
         self._running = False  # True between a successful start and the stop that ends it
         self._errors_unraised = False  # a run has ended and its app errors are not raised yet (once per run)
-        self.last_run: Run | None = None
+        self.last_run: AnyRun | None = None
         self.on_app_error: AppErrorSink | None = None
 
     # -- where it listens --
@@ -129,9 +129,9 @@ class ServerCore:
     def describe(self) -> str:
         """The server as messages name it; the mode is said when it is not the default, thread."""
         mode, run = self.settings.mode, self.last_run
-        pid = f", pid {run.pid}" if mode == "process" and run is not None and run.pid is not None else ""
+        named = f", {named}" if run is not None and (named := run.describe()) else ""
         return f"uvicorn server for {self.settings.app_name} on {self.where()}" + (
-            f" (mode={mode!r}{pid})" if mode != "thread" else ""
+            f" (mode={mode!r}{named})" if mode != "thread" else ""
         )
 
     def bind(self) -> int:
@@ -264,6 +264,10 @@ class ServerCore:
             time.sleep(step.seconds)
             return None
         assert run is not None
+        if run.in_loop:  # blocking on a run of an event loop: only its end, from outside it (interpreter exit)
+            if isinstance(step, WaitReady):
+                raise ServerStateError(f"{self.describe()} runs on the caller's event loop: use start_in_loop().")
+            return run.wait_ended_outside(step.timeout)
         return run.wait_ready(step.timeout) if isinstance(step, WaitReady) else run.wait_ended(step.timeout)
 
     async def _perform_in_loop(self, step: Step) -> Any:
@@ -273,10 +277,11 @@ class ServerCore:
         if isinstance(step, Pause):
             await asyncio.sleep(step.seconds)
             return None
-        in_loop = cast(InLoopRun, run)  # start_in_loop() is only called for runs on the caller's loop
+        assert run is not None
+        assert run.in_loop, "only a run on the caller's loop is awaited there"
         if isinstance(step, WaitReady):
-            return await in_loop.wait_ready_in_loop(step.timeout)
-        return await in_loop.wait_ended_in_loop(step.timeout)
+            return await run.wait_ready(step.timeout)
+        return await run.wait_ended(step.timeout)
 
     def _start_steps(self, cancelled: threading.Event | None) -> Steps:
         if self._run is not None:
@@ -353,7 +358,7 @@ class ServerCore:
             options.update(settings.tls.write_files())
         return options
 
-    def _bring_up(self, run: Run, started_at: float, cancelled: threading.Event | None) -> Steps:
+    def _bring_up(self, run: AnyRun, started_at: float, cancelled: threading.Event | None) -> Steps:
         """Launch `run`, wait until it is ready, then until it is healthy; all within startup_timeout."""
         settings = self.settings
         deadline = started_at + settings.startup_timeout
@@ -378,7 +383,7 @@ class ServerCore:
         if settings.health_path is not None:
             yield from self._wait_healthy(run, settings.health_path, deadline, started_at)
 
-    def _wait_healthy(self, run: Run, path: str, deadline: float, started_at: float) -> Steps:
+    def _wait_healthy(self, run: AnyRun, path: str, deadline: float, started_at: float) -> Steps:
         """Poll GET `path` with a short back-off until it answers 2xx, the run ends, or `deadline` passes."""
         delay = 0.002
         answered = ""  # the last answer, which says more than a last try that timed out
@@ -404,7 +409,7 @@ class ServerCore:
             delay = min(delay * 2, 0.1)
 
     def _startup_error(
-        self, what: str, started_at: float, run: Run, reason: str = "", cause: BaseException | None = None
+        self, what: str, started_at: float, run: AnyRun, reason: str = "", cause: BaseException | None = None
     ) -> ServerStartupError:
         """The start's error; `cause`, the app's exception, is chained by the caller, and its traceback printed
         with it, so the log tail does not print it again."""
@@ -420,7 +425,7 @@ class ServerCore:
         error.reason = reason or what
         return error
 
-    def _shutdown_error(self, what: str, started_at: float, run: Run) -> ServerShutdownError:
+    def _shutdown_error(self, what: str, started_at: float, run: AnyRun) -> ServerShutdownError:
         return ServerShutdownError(
             f"{self.describe()} {what}{run.diagnostics()}",
             host=self.settings.host,

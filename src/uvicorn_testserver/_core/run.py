@@ -1,7 +1,8 @@
 """What a run is: the interface between the lifecycle core (`engine`) and the per-mode runners.
 
-`Launch` is what a run is given; `Run` is what the core asks of it, whatever the mode;
-`InLoopRun` is a run the core awaits on the caller's own event loop (loop mode).
+`Launch` is what a run is given; `Run` is what the core asks of it, whatever the mode; how
+the core waits for it is a `BlockingRun`'s (thread and process mode) or an `InLoopRun`'s,
+awaited on the caller's own event loop (loop mode).
 """
 
 from __future__ import annotations
@@ -10,13 +11,23 @@ import concurrent.futures
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from uvicorn_testserver._core.app_errors import AppErrorSink, InFlight
 from uvicorn_testserver._core.logs import ServerLog
 from uvicorn_testserver._core.settings import ServerSettings
 
-__all__ = ["FORCE_GRACE", "STOP_MARGIN", "InLoopRun", "Launch", "Run", "RunFactory", "done_within"]
+__all__ = [
+    "FORCE_GRACE",
+    "STOP_MARGIN",
+    "AnyRun",
+    "BlockingRun",
+    "InLoopRun",
+    "Launch",
+    "Run",
+    "RunFactory",
+    "done_within",
+]
 
 #: Extra time a run gets past shutdown_timeout to finish lifespan shutdown before its exit is forced.
 STOP_MARGIN = 1.0
@@ -37,8 +48,9 @@ class Launch:
 
 
 class Run(Protocol):
-    """One start() .. stop() in one mode. Its methods are called from other threads than the one it serves
-    on, except a loop-mode run's, which the core awaits on that loop (`InLoopRun`).
+    """One start() .. stop() in one mode: what the core asks of every run, whatever the mode. Its methods are
+    called from other threads than the one it serves on (except a loop-mode run's). How the core waits for
+    it is a `BlockingRun`'s or an `InLoopRun`'s, told apart by `in_loop`.
 
     `stop_budget` is how long past ``shutdown_timeout`` the run may take to end on its
     own after `ask_stop` (a child process forces its own exit first).
@@ -49,9 +61,6 @@ class Run(Protocol):
     def launch(self) -> None:
         """Begin serving `Launch.sock`; return at once."""
 
-    def wait_ready(self, timeout: float) -> bool:
-        """Wait until ready: True; False when `timeout` passed; raise `StartupFailed` if the start failed."""
-
     def is_alive(self) -> bool:
         """True while the server may still serve (not ended)."""
 
@@ -60,9 +69,6 @@ class Run(Protocol):
 
         Idempotent, any time after creation.
         """
-
-    def wait_ended(self, timeout: float) -> bool:
-        """Wait until the run has ended; False when `timeout` passed."""
 
     def force(self) -> None:
         """Force the exit the mode's own way, after the graceful stop overran."""
@@ -88,27 +94,39 @@ class Run(Protocol):
     def diagnostics(self) -> str:
         """Extra text for error messages (a child's output), or ''."""
 
-    @property
-    def pid(self) -> int | None:
-        """The process that serves the app."""
-
-    @property
-    def returncode(self) -> int | None:
-        """The child's exit code once it ended (process mode), else None."""
-
-    @property
-    def output(self) -> str:
-        """The child's merged stdout and stderr (process mode), else ''."""
+    def describe(self) -> str:
+        """What names this run in messages besides its mode and address (``pid 4242``), or ''."""
 
 
-RunFactory = Callable[[Launch], Run]
+class BlockingRun(Run, Protocol):
+    """A run the core waits for by blocking (thread and process mode; the async faces block in a thread)."""
+
+    in_loop: Literal[False]
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait until ready: True; False when `timeout` passed; raise `StartupFailed` if the start failed."""
+
+    def wait_ended(self, timeout: float) -> bool:
+        """Wait until the run has ended; False when `timeout` passed."""
 
 
 class InLoopRun(Run, Protocol):
-    """A run on the caller's own event loop: its waits are awaited there, never blocking it."""
+    """A run on the caller's own event loop (loop mode): the core awaits its waits there, never blocking it."""
 
-    async def wait_ready_in_loop(self, timeout: float) -> bool: ...
-    async def wait_ended_in_loop(self, timeout: float) -> bool: ...
+    in_loop: Literal[True]
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """`BlockingRun.wait_ready`, awaited on the run's loop."""
+
+    async def wait_ended(self, timeout: float) -> bool:
+        """`BlockingRun.wait_ended`, awaited on the run's loop."""
+
+    def wait_ended_outside(self, timeout: float) -> bool:
+        """From another thread than the loop's (interpreter exit): True once ended or the loop has closed."""
+
+
+AnyRun = BlockingRun | InLoopRun
+RunFactory = Callable[[Launch], AnyRun]
 
 
 def done_within(future: concurrent.futures.Future[Any], timeout: float) -> bool:

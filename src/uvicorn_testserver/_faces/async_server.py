@@ -24,7 +24,7 @@ from uvicorn_testserver._client.client import AsyncTestClient
 from uvicorn_testserver._client.response import DEFAULT_TIMEOUT
 from uvicorn_testserver._core.engine import ServerCore
 from uvicorn_testserver._core.errors import ServerStateError
-from uvicorn_testserver._core.run import Launch, Run
+from uvicorn_testserver._core.run import AnyRun, Launch
 from uvicorn_testserver._core.settings import (
     AppType,
     AsyncServerOptions,
@@ -116,7 +116,7 @@ class AsyncTestServer(LiveServer):
         self._core = ServerCore(settings, self._new_run)
         self._client: AsyncTestClient | None = None
 
-    def _new_run(self, launch: Launch) -> Run:
+    def _new_run(self, launch: Launch) -> AnyRun:
         if self.mode == "thread":
             return ThreadRun(launch)
         if self.mode == "process":

@@ -17,8 +17,8 @@ from uvicorn_testserver._core.errors import (
     expected_count_problem,
 )
 from uvicorn_testserver._core.logs import ServerLog
-from uvicorn_testserver._core.run import Run
 from uvicorn_testserver._core.settings import ServerURL, check_seconds, server_url
+from uvicorn_testserver._runners.process import ProcessRun
 
 if TYPE_CHECKING:
     import ssl as ssl_module
@@ -225,10 +225,10 @@ class LiveServer:
     def pid(self) -> int | None:
         """The id of the process serving the app: the test's own in thread and loop mode, the child's in
         process mode (the current or last one; None before the first start)."""
+        if self.mode != "process":
+            return os.getpid()
         run = self._core.last_run
-        if run is None:
-            return None if self.mode == "process" else os.getpid()
-        return run.pid
+        return run.pid if isinstance(run, ProcessRun) else None
 
     @property
     def output(self) -> str:
@@ -248,12 +248,13 @@ class LiveServer:
         """
         return self._process_run("returncode").returncode
 
-    def _process_run(self, name: str) -> Run | _NoRun:
+    def _process_run(self, name: str) -> ProcessRun | _NoRun:
         if self.mode != "process":
             raise ServerStateError(
                 f"{self!r} has no {name}: the app runs in the test's own process in mode={self.mode!r}."
             )
-        return self._core.last_run or _NoRun()
+        run = self._core.last_run
+        return run if isinstance(run, ProcessRun) else _NoRun()
 
     def __repr__(self) -> str:
         state = "running" if self.is_running else "stopped"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from typing import Literal
 
 from uvicorn_testserver._core.run import Launch, done_within
 from uvicorn_testserver._core.uvicorn_internals import StartupFailed
@@ -20,6 +21,8 @@ __all__ = ["LoopRun"]
 
 class LoopRun(ServingRun):
     """One run as a task on `loop`, which belongs to the caller; the core awaits it there (`InLoopRun`)."""
+
+    in_loop: Literal[True] = True
 
     def __init__(self, launch: Launch, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -40,7 +43,7 @@ class LoopRun(ServingRun):
             self._ready.exception()  # retrieved: a start abandoned meanwhile never reads it
         self._ended.set_result(crash)
 
-    async def wait_ready_in_loop(self, timeout: float) -> bool:
+    async def wait_ready(self, timeout: float) -> bool:
         assert self._task is not None
         await asyncio.wait({self._ready, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         if not self._ready.done():
@@ -48,15 +51,12 @@ class LoopRun(ServingRun):
         self._ready.result()  # raises StartupFailed
         return True
 
-    async def wait_ended_in_loop(self, timeout: float) -> bool:
+    async def wait_ended(self, timeout: float) -> bool:
         if self._task is not None:
             await asyncio.wait({self._task}, timeout=timeout)
         return self._ended.done()
 
-    def wait_ready(self, timeout: float) -> bool:
-        raise RuntimeError("mode='loop' starts on the caller's event loop: use ServerCore.start_in_loop().")
-
-    def wait_ended(self, timeout: float) -> bool:
+    def wait_ended_outside(self, timeout: float) -> bool:
         """From another thread (interpreter exit, say); the caller's loop must run, or be closed, meanwhile."""
         if self._task is None or self._loop.is_closed():
             return True  # never launched, or the caller's loop is gone and the task with it

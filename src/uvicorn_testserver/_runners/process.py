@@ -33,7 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from uvicorn_testserver._core.app_errors import InFlight
 from uvicorn_testserver._core.logs import (
@@ -116,6 +116,7 @@ class ProcessRun:
     # The child forces its own exit at shutdown_timeout + STOP_MARGIN + FORCE_GRACE, counted from when it
     # sees the channel close; on a loaded machine it is scheduled seconds late.
     stop_budget = FORCE_GRACE + _LATE_CHILD
+    in_loop: Literal[False] = False
 
     def __init__(self, launch: Launch) -> None:
         self._launch = launch
@@ -400,14 +401,20 @@ class ProcessRun:
         output = self._output.tail()
         return f"\n--- child process output (last lines) ---\n{output}" if output else ""
 
+    def describe(self) -> str:
+        return f"pid {self.pid}" if self.pid is not None else ""
+
     @property
     def pid(self) -> int | None:
+        """The child's process id, once spawned."""
         return self.process.pid if self.process is not None else None
 
     @property
     def returncode(self) -> int | None:
+        """The child's exit code once it ended (negative: killed by that signal), else None."""
         return self.process.returncode if self.process is not None else None
 
     @property
     def output(self) -> str:
+        """The child's merged stdout and stderr (the last lines)."""
         return self._output.text()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import os
 import signal
 import socket
 import threading
@@ -107,8 +106,6 @@ class ServingRun:
     """What the runs serving through `Serving` in the test's own process share (thread and loop mode)."""
 
     stop_budget = 0.0
-    returncode = None
-    output = ""
     _serving: Serving
     _forced = False
 
@@ -151,6 +148,5 @@ class ServingRun:
     def diagnostics(self) -> str:
         return ""
 
-    @property
-    def pid(self) -> int:
-        return os.getpid()
+    def describe(self) -> str:
+        return ""

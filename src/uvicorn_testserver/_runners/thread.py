@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+from typing import Literal
 
 from uvicorn_testserver._core.logs import capture_into
 from uvicorn_testserver._core.run import Launch, done_within
@@ -16,6 +17,8 @@ __all__ = ["ThreadRun"]
 
 class ThreadRun(ServingRun):
     """One run in a daemon thread that owns its event loop; a forced exit cancels the serving task."""
+
+    in_loop: Literal[False] = False
 
     def __init__(self, launch: Launch) -> None:
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
