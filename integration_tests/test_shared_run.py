@@ -40,7 +40,13 @@ APP = """
     async def boom(request):
         raise ZeroDivisionError("division by zero")
 
-    app = Starlette(routes=[Route("/pid", pid), Route("/boom", boom)], lifespan=lifespan)
+    async def slow(request):
+        import asyncio
+
+        await asyncio.sleep(0.5)
+        return JSONResponse({"slept": 0.5})
+
+    app = Starlette(routes=[Route("/pid", pid), Route("/boom", boom), Route("/slow", slow)], lifespan=lifespan)
 """
 
 INI = """
@@ -243,7 +249,7 @@ def test_an_app_error_fails_the_test_that_caused_it(project: pytest.Pytester) ->
     result.stdout.fnmatch_lines(
         [
             "*ERROR at teardown of test_hits_the_bug*",
-            "E   uvicorn_testserver.ServerExceptionsError: ZeroDivisionError: division by zero in GET /boom",
+            "ZeroDivisionError: division by zero in GET /boom",  # reported as a server of any other scope
         ]
     )
     output = result.stdout.str()
@@ -259,3 +265,116 @@ def test_a_failed_start_is_reported_once_to_every_worker(project: pytest.Pyteste
     result.assert_outcomes(errors=24)
     result.stdout.fnmatch_lines(["*shared by this run failed to start*the app cannot import*"])
     assert "when another worker of this run started it" in result.stdout.str()
+
+
+FACE_TESTS = """
+    import json
+    import threading
+    import time
+    import urllib.error
+    import urllib.request
+
+    import pytest
+
+    from uvicorn_testserver import ChildAppError, ServerStateError
+
+    def get(server, path, **kwargs):
+        try:
+            with urllib.request.urlopen(server.url(path), timeout=30, **kwargs) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    def test_errors_and_expect_errors(uvicorn_server):
+        assert uvicorn_server.is_running and uvicorn_server.mode == "run"
+        with uvicorn_server.expect_errors(ZeroDivisionError) as raised:
+            assert get(uvicorn_server, "/boom") == 500
+        assert [(type(e), e.type_name) for e in raised] == [(ChildAppError, "ZeroDivisionError")]
+        assert uvicorn_server.errors == []  # taken by expect_errors: this test does not fail for it
+        with pytest.raises(AssertionError, match="expected the app of .* to raise ZeroDivisionError"):
+            with uvicorn_server.expect_errors(ZeroDivisionError):
+                assert get(uvicorn_server, "/pid") == 200
+
+    def test_in_flight_and_wait_idle(uvicorn_server):
+        slow = threading.Thread(target=get, args=(uvicorn_server, "/slow"))
+        slow.start()
+        deadline = time.monotonic() + 30
+        while not uvicorn_server.in_flight() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [line.partition(" (")[0] for line in uvicorn_server.in_flight()] == ["GET /slow"]
+        uvicorn_server.wait_idle(30)
+        assert uvicorn_server.in_flight() == []
+        slow.join()
+        uvicorn_server.settle()
+        assert '"GET /slow HTTP/1.1" 200' in uvicorn_server.log.text
+
+    def test_what_only_a_process_of_its_own_has(uvicorn_server):
+        with pytest.raises(ServerStateError, match="has no ca_path: it does not use ssl=True"):
+            uvicorn_server.ca_path
+        with pytest.raises(ServerStateError, match="keeper"):
+            uvicorn_server.output
+        assert uvicorn_server.pid != __import__("os").getpid()
+"""
+
+
+def test_the_shared_server_is_a_face_like_the_others(project: pytest.Pytester) -> None:
+    project.makepyfile(test_face=FACE_TESTS)
+    result = project.runpytest_subprocess("-p", "no:xdist")
+    result.assert_outcomes(passed=3)
+
+
+def test_the_shared_server_over_tls(project: pytest.Pytester) -> None:
+    project.makeini(INI + "    uvicorn_options = ssl=true\n")
+    project.makepyfile(
+        test_tls="""
+        import ssl
+        import urllib.request
+
+        def test_https(uvicorn_server):
+            assert uvicorn_server.base_url.startswith("https://")
+            assert uvicorn_server.ca_path.is_file()
+            with urllib.request.urlopen(uvicorn_server.url("/pid"), context=uvicorn_server.ssl_context) as response:
+                assert response.status == 200
+        """
+    )
+    result = project.runpytest_subprocess("-p", "no:xdist")
+    result.assert_outcomes(passed=1)
+
+
+def test_an_error_while_tests_on_two_workers_run_fails_neither(project: pytest.Pytester, tmp_path: Path) -> None:
+    project.makepyfile(
+        test_both=f"""
+        import pathlib
+        import time
+        import urllib.error
+        import urllib.request
+
+        import pytest
+
+        BARRIER = pathlib.Path({str(tmp_path)!r})
+
+        def wait_for(name):
+            deadline = time.monotonic() + 60
+            while not (BARRIER / name).exists():
+                assert time.monotonic() < deadline, f"{{name}} never came"
+                time.sleep(0.01)
+
+        @pytest.mark.parametrize("n", [0, 1])
+        def test_at_the_same_time(n, uvicorn_server):
+            (BARRIER / f"running-{{n}}").touch()
+            wait_for(f"running-{{1 - n}}")
+            if n == 0:
+                try:
+                    urllib.request.urlopen(uvicorn_server.url("/boom"), timeout=30)
+                except urllib.error.HTTPError as error:
+                    assert error.code == 500
+                uvicorn_server.settle()
+                (BARRIER / "raised").touch()
+            else:
+                wait_for("raised")
+        """
+    )
+    result = project.runpytest_subprocess("-n", "2", "-W", "always")
+    result.assert_outcomes(passed=2)
+    output = result.stdout.str()
+    assert "cannot tell which one caused it, so none of them fails for it" in output

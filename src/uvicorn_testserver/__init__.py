@@ -33,7 +33,7 @@ if _TYPE_CHECKING:
     from uvicorn_testserver._client.websocket import WebSocketConfig, WebSocketHelper
     from uvicorn_testserver._faces.async_server import AsyncServerMode, AsyncTestServer, create_test_server
     from uvicorn_testserver._faces.sync_server import ProcessServer, UvicornTestServer
-    from uvicorn_testserver._plugin.run_scope import SharedServer
+    from uvicorn_testserver._plugin.shared_server import SharedServer
     from uvicorn_testserver._runners.process import ChildAppError
 
 
@@ -50,7 +50,7 @@ _LAZY = {
     "ChildAppError": "_runners.process",
     "EventStream": "_client.streaming",
     "ServerSentEvent": "_client.streaming",
-    "SharedServer": "_plugin.run_scope",
+    "SharedServer": "_plugin.shared_server",
     "WebSocketConfig": "_client.websocket",
     "WebSocketHelper": "_client.websocket",
     "create_test_server": "_faces.async_server",

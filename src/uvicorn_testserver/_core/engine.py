@@ -20,10 +20,9 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from uvicorn_testserver._core.app_errors import AppErrorSink, InFlight
 from uvicorn_testserver._core.errors import (
@@ -38,47 +37,16 @@ from uvicorn_testserver._core.logs import ServerLog, capture_into, harness_logge
 from uvicorn_testserver._core.run import FORCE_GRACE, STOP_MARGIN, AnyRun, Launch, RunFactory
 from uvicorn_testserver._core.settings import ServerSettings, server_url
 from uvicorn_testserver._core.sockets import bind_socket
+from uvicorn_testserver._core.steps import Pause, Probe, Step, Steps, WaitEnded, WaitReady
 from uvicorn_testserver._core.uvicorn_internals import StartupFailed
 from uvicorn_testserver._core.wsgi import WSGIAdapter, WSGIFactory
+
+if TYPE_CHECKING:
+    from uvicorn_testserver._core.tls import ServerTLS
 
 __all__ = ["ServerCore", "StartAbandoned"]
 
 _T = TypeVar("_T")
-
-
-# The waits of a start or stop. The steps that need them yield them; a driver performs them,
-# by blocking (`ServerCore._drive`) or by awaiting on the caller's loop (`ServerCore._drive_in_loop`).
-
-
-@dataclass(frozen=True)
-class WaitReady:
-    """Until the run is ready: True, False at `timeout`, or `StartupFailed`."""
-
-    timeout: float
-
-
-@dataclass(frozen=True)
-class WaitEnded:
-    """Until the run has ended: True, or False at `timeout`."""
-
-    timeout: float
-
-
-@dataclass(frozen=True)
-class Probe:
-    """One health-check GET: (status or None, what happened)."""
-
-    path: str
-    deadline: float
-
-
-@dataclass(frozen=True)
-class Pause:
-    seconds: float
-
-
-Step = WaitReady | WaitEnded | Probe | Pause
-Steps = Generator[Step, Any, None]
 
 
 class StartAbandoned(Exception):
@@ -152,6 +120,16 @@ class ServerCore:
         sock = bind_socket(self.settings.host, self.settings.port, app_name=self.settings.app_name, previous=previous)
         self._port = sock.getsockname()[1]
         return sock
+
+    @property
+    def scheme(self) -> str:
+        """``https`` with TLS, else ``http``."""
+        return self.settings.scheme
+
+    @property
+    def client_tls(self) -> ServerTLS | None:
+        """With ``ssl=True``: what a client needs to trust the server."""
+        return self.settings.tls
 
     # -- state --
 

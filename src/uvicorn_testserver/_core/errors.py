@@ -196,7 +196,12 @@ def qualified_type_name(exc: BaseException) -> str:
 
 
 def exception_fields(exc: BaseException) -> dict[str, str]:
-    """`exc` as text that crosses a process boundary: ``type``, ``message``, ``traceback`` (a `ChildAppError`'s)."""
+    """`exc` as text that crosses a process boundary: ``type``, ``message``, ``traceback``. An error carried
+    across one already (a `ChildAppError`) gives the fields it carries, so it crosses the next one unchanged."""
+    carried = getattr(exc, "type_name", None)
+    if isinstance(carried, str):
+        message, traceback = getattr(exc, "message", ""), getattr(exc, "traceback", "")
+        return {"type": carried, "message": str(message), "traceback": str(traceback)}
     return {"type": qualified_type_name(exc), "message": str(exc), "traceback": format_exception(exc)}
 
 

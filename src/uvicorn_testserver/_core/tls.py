@@ -15,9 +15,9 @@ import ssl
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["SSL_INSTALL_HINT", "ServerTLS", "server_tls"]
+__all__ = ["SSL_INSTALL_HINT", "ClientTLS", "KnownCA", "ServerTLS", "server_tls"]
 
 SSL_INSTALL_HINT = "pip install trustme (the extra uvicorn-testserver[ssl])"
 _USER_TLS_OPTIONS = ("ssl_certfile", "ssl_keyfile", "ssl_context_factory")
@@ -37,6 +37,29 @@ def server_tls(enabled: bool, options: dict[str, Any], host: str) -> ServerTLS |
             "pass either ssl=True or your own certificate files."
         )
     return ServerTLS(host)
+
+
+class ClientTLS(Protocol):
+    """What a client needs to trust a server: its CA's file (while it serves) and a client context."""
+
+    @property
+    def ca_path(self) -> Path | None: ...
+
+    def client_context(self) -> ssl.SSLContext: ...
+
+
+class KnownCA:
+    """The `ClientTLS` of a server another process runs, known by its CA file."""
+
+    def __init__(self, ca_path: Path) -> None:
+        self.ca_path = ca_path
+        self._context: ssl.SSLContext | None = None
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client `ssl.SSLContext` that trusts only this CA, with hostname checks on (made once)."""
+        if self._context is None:
+            self._context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca_path))
+        return self._context
 
 
 class ServerTLS:

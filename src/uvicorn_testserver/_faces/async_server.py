@@ -86,6 +86,8 @@ class AsyncTestServer(LiveServer):
 
     __test__ = False
 
+    _core: ServerCore
+
     @spelled_out
     def __init__(
         self,

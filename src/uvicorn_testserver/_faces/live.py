@@ -7,9 +7,9 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from uvicorn_testserver._core.engine import ServerCore
+from uvicorn_testserver._core.app_errors import InFlight
 from uvicorn_testserver._core.errors import (
     ServerExceptionsError,
     ServerStateError,
@@ -17,23 +17,53 @@ from uvicorn_testserver._core.errors import (
     expected_count_problem,
 )
 from uvicorn_testserver._core.logs import ServerLog
-from uvicorn_testserver._core.settings import ServerURL, check_seconds, server_url
+from uvicorn_testserver._core.run import AnyRun
+from uvicorn_testserver._core.settings import ServerSettings, ServerURL, check_seconds, server_url
+from uvicorn_testserver._core.tls import ClientTLS
 from uvicorn_testserver._runners.process import ProcessRun
 
 if TYPE_CHECKING:
     import ssl as ssl_module
 
 
-__all__ = ["LiveServer", "errors_noted_on"]
+__all__ = ["LiveServer", "Served", "errors_noted_on"]
+
+
+class Served(Protocol):
+    """What the accessors read: a server's `ServerCore` in this process, or a view of one in another
+    (the run's shared server)."""
+
+    settings: ServerSettings
+    log: ServerLog
+    last_run: AnyRun | None
+
+    @property
+    def app_errors(self) -> list[BaseException]: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def client_tls(self) -> ClientTLS | None: ...
+    @property
+    def is_running(self) -> bool: ...
+    @property
+    def errors(self) -> list[BaseException]: ...
+    def where(self) -> str: ...
+    def bind(self) -> int: ...
+    def settle(self) -> None: ...
+    def in_flight(self) -> list[InFlight]: ...
+    def served_when_raised(self, error: BaseException) -> str: ...
+    def take_expected(self, since: int, types: tuple[type[BaseException], ...]) -> list[BaseException]: ...
 
 
 # -- the accessors every face shares ------------------------------------------------------------
 
 
 class LiveServer:
-    """Where a server listens and what it recorded: the accessors `UvicornTestServer` and `AsyncTestServer` share."""
+    """Where a server listens and what it recorded: the accessors every face shares."""
 
-    _core: ServerCore
+    _core: Served
 
     @property
     def app(self) -> Any:
@@ -102,12 +132,12 @@ class LiveServer:
     @property
     def base_url(self) -> str:
         """``http://host:port`` (``https://`` with TLS), for any HTTP client."""
-        return server_url(self._core.settings.scheme, self.host, self.port)
+        return server_url(self._core.scheme, self.host, self.port)
 
     @property
     def ws_url(self) -> str:
         """``ws://host:port`` (``wss://`` with TLS), for WebSocket clients."""
-        return server_url("wss" if self._core.settings.scheme == "https" else "ws", self.host, self.port)
+        return server_url("wss" if self._core.scheme == "https" else "ws", self.host, self.port)
 
     @property
     def url(self) -> ServerURL:
@@ -115,7 +145,7 @@ class LiveServer:
 
         Also the base URL as a string: ``f"{server.url}/path"`` works (see `ServerURL`).
         """
-        return server_url(self._core.settings.scheme, self.host, self.port)
+        return server_url(self._core.scheme, self.host, self.port)
 
     @property
     def ssl_context(self) -> ssl_module.SSLContext:
@@ -125,7 +155,7 @@ class LiveServer:
         same object across restarts (the CA lives as long as the server object). Raises
         `ServerStateError` without ``ssl=True``.
         """
-        tls = self._core.settings.tls
+        tls = self._core.client_tls
         if tls is None:
             raise ServerStateError(f"{self!r} has no ssl_context: pass ssl=True to serve HTTPS with a throw-away CA.")
         return tls.client_context()
@@ -137,7 +167,7 @@ class LiveServer:
         The file is removed by `stop()`. Raises `ServerStateError` without ``ssl=True``
         or when the server is not running.
         """
-        tls = self._core.settings.tls
+        tls = self._core.client_tls
         path = tls.ca_path if tls is not None else None
         if path is None:
             state = "is not running; start() writes the CA file" if tls else "does not use ssl=True"

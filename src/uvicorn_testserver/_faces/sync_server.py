@@ -52,6 +52,8 @@ class UvicornTestServer(LiveServer):
     unless ``propagate_logs=False`` keeps it in `log` alone.
     """
 
+    _core: ServerCore
+
     @spelled_out
     def __init__(
         self,

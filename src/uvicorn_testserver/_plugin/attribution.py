@@ -9,7 +9,7 @@ import sysconfig
 import traceback
 import warnings
 from collections.abc import Generator, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
@@ -23,45 +23,65 @@ from uvicorn_testserver._core.errors import (
     expected_count_problem,
     format_exception,
 )
-from uvicorn_testserver._core.logs import format_records
+from uvicorn_testserver._core.logs import ServerLog, format_records
 from uvicorn_testserver._core.settings import AppType, describe_app
-from uvicorn_testserver._plugin.options import (
-    CUT_NOW,
-    SECTION_TITLE,
-    SHARED_RUN,
-    Settings,
-    marker_options,
-    read_settings,
-)
+from uvicorn_testserver._plugin.options import CUT_NOW, Settings, marker_options, read_settings
 
 if TYPE_CHECKING:
-    from uvicorn_testserver._faces.sync_server import UvicornTestServer
     from uvicorn_testserver._plugin.managed import ManagedServer
-    from uvicorn_testserver._plugin.run_scope import SharedServer
+
+
+class Watched(Protocol):
+    """A server the plugin watches test by test: one its fixtures started (`ManagedServer`), or the run's
+    shared server (`SharedServer`). Every scope goes through the same attribution."""
+
+    whole_run: bool  # the run's shared server: its requests in flight span the run's workers
+    section_title: str  # the title of its report section
+    shared_options: dict[str, Any] | None  # the options of a server tests share (uvicorn_server), else None
+
+    @property
+    def app(self) -> Any: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def log(self) -> ServerLog: ...
+    @property
+    def is_running(self) -> bool: ...
+    @property
+    def raise_server_exceptions(self) -> bool: ...
+    def take_errors(self, test: pytest.Item) -> list[BaseException]: ...
+    def served_when_raised(self, error: BaseException) -> str: ...
+    def settle(self) -> None: ...
+    def wait_idle(self, timeout: float = ...) -> None: ...
+    def in_flight(self) -> list[str]: ...
 
 
 class Watch:
     """What the plugin knows about the servers around one test."""
 
-    def __init__(self, log_marks: dict[ManagedServer, int]) -> None:
+    def __init__(self, log_marks: dict[Watched, int]) -> None:
         self.log_marks = log_marks
-        self.created: list[ManagedServer] = []
-        self.errors: dict[ManagedServer, list[BaseException]] = {}
+        self.created: list[Watched] = []
+        self.errors: dict[Watched, list[BaseException]] = {}
         self.failure: Exception | None = None  # what the teardown check raised
         self.raise_override: bool | None = None
         self.expected: Expected | None = None  # from @pytest.mark.uvicorn(expect_errors=...)
 
-    def used(self, item: pytest.Item) -> list[ManagedServer]:
+    def used(self, item: pytest.Item) -> list[Watched]:
         """Servers this test started, or received through a fixture (directly or via other fixtures)."""
         used = list(self.created)
         funcargs = getattr(item, "funcargs", {})
         for value in funcargs.values():
-            if is_managed(value) and value not in used:
+            if is_watched(value) and value not in used:
                 used.append(value)
         return used
 
-    def take_errors(self, server: ManagedServer) -> list[BaseException]:
-        new = server.take_errors()
+    def take_errors(self, server: Watched, test: pytest.Item) -> list[BaseException]:
+        new = server.take_errors(test)
         self.errors.setdefault(server, []).extend(new)
         return new
 
@@ -69,7 +89,7 @@ class Watch:
 class State:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.live: dict[ManagedServer, None] = {}
+        self.live: dict[Watched, None] = {}
         self.current: Watch | None = None
 
     def start(self, app: AppType, options: dict[str, Any]) -> ManagedServer:
@@ -107,7 +127,7 @@ class State:
         server.stop_quietly(grace)
 
 
-def warn_in_flight(server: ManagedServer, test: pytest.Item, *, cut: bool) -> bool:
+def warn_in_flight(server: Watched, test: pytest.Item, *, cut: bool) -> bool:
     """Warn, at `test`, if the app still handles requests it started; True if it does."""
     busy = server.in_flight()
     if busy:
@@ -138,9 +158,13 @@ def managed_server_class() -> type[ManagedServer]:
     return ManagedServer
 
 
-def is_managed(value: object) -> bool:
-    managed = sys.modules.get("uvicorn_testserver._plugin.managed")  # not imported: no fixture made a server
-    return managed is not None and isinstance(value, managed.ManagedServer)
+def is_watched(value: object) -> bool:
+    """Whether `value` is a server a fixture of the plugin gave (not imported: no fixture made one)."""
+    managed = sys.modules.get("uvicorn_testserver._plugin.managed")
+    shared = sys.modules.get("uvicorn_testserver._plugin.shared_server")
+    return (managed is not None and isinstance(value, managed.ManagedServer)) or (
+        shared is not None and isinstance(value, shared.SharedServer)
+    )
 
 
 STATE = pytest.StashKey[State]()
@@ -232,7 +256,7 @@ def check_shared_idle(item: pytest.Item, state: State) -> None:
     if watch is None or state.settings.scope == "function":
         return
     for server in watch.used(item):
-        if server.shared_options is not None and server.is_running:
+        if server.shared_options is not None and not server.whole_run and server.is_running:
             try:
                 server.wait_idle(state.settings.teardown_grace)
             except TimeoutError:
@@ -281,7 +305,7 @@ def teardown_failure(item: pytest.Item) -> Exception | None:
     failures: list[Exception] = []
     expected_count_seen = 0
     for server in watch.used(item):
-        errors = watch.take_errors(server)
+        errors = watch.take_errors(server, item)
         if watch.expected is not None:
             matching = {id(error) for error in errors if watch.expected.matches(error)}
             expected_count_seen += len(matching)
@@ -292,9 +316,7 @@ def teardown_failure(item: pytest.Item) -> Exception | None:
             raise_them = server.raise_server_exceptions
         if errors and raise_them:
             failures.append(exceptions_error(server, errors))
-    # The run's shared server checks its expected errors itself (run_hooks): not counted here.
-    uses_shared = getattr(item.config.pluginmanager.get_plugin(SHARED_RUN), "uses", None)
-    if watch.expected is not None and not (uses_shared is not None and uses_shared(item)):
+    if watch.expected is not None:
         count_failure = watch.expected.failure(expected_count_seen)
         if count_failure is not None:
             failures.append(count_failure)
@@ -305,19 +327,12 @@ def teardown_failure(item: pytest.Item) -> Exception | None:
     return failures[0]
 
 
-def exceptions_error(server: ManagedServer, errors: list[BaseException]) -> ServerExceptionsError:
-    served = [server.served_when_raised(error) for error in errors]
-    return failing_exceptions_error(server, errors, served, SECTION_TITLE)
-
-
-def failing_exceptions_error(
-    server: ManagedServer | SharedServer, errors: Sequence[BaseException], served: Sequence[str], section: str
-) -> ServerExceptionsError:
-    """The error that fails a test for the app errors of `server` during it; the tracebacks are in `section`."""
+def exceptions_error(server: Watched, errors: Sequence[BaseException]) -> ServerExceptionsError:
+    """The error that fails a test for the app errors of `server` during it; the tracebacks are in its section."""
     return ServerExceptionsError(
         errors,
-        served=served,
-        shown=f"in the '{section}' section below",
+        served=[server.served_when_raised(error) for error in errors],
+        shown=f"in the '{server.section_title}' section below",
         expect="@pytest.mark.uvicorn(expect_errors={names_tuple})",
         url=server.base_url,
         host=server.host,
@@ -350,7 +365,7 @@ def pytest_runtest_makereport(
         shorten_crash(report, str(error).partition("\n")[0])  # the app's exception first, in the -ra line too
     for server in watch.used(item):
         if call.when != "teardown":  # the teardown check has just taken them
-            watch.take_errors(server)
+            watch.take_errors(server, item)
         title, text = report_section(server, watch.log_marks.get(server, 0), watch.errors.get(server, []))
         report.sections.append((title, text))
     return report
@@ -377,7 +392,7 @@ def app_frames(error: BaseException) -> str:
     return "".join([*text, *traceback.format_exception_only(error)]).rstrip()
 
 
-def report_section(server: ManagedServer, log_mark: int, errors: list[BaseException]) -> tuple[str, str]:
+def report_section(server: Watched, log_mark: int, errors: list[BaseException]) -> tuple[str, str]:
     """A report section: what `server` logged during the test, then the app's errors with their tracebacks.
 
     Each traceback is shown once, after the log; a log line that reported one refers to it.
@@ -390,10 +405,10 @@ def report_section(server: ManagedServer, log_mark: int, errors: list[BaseExcept
         count = len(errors)
         lines.append(f"The app raised {count} unhandled exception{'s' if count != 1 else ''} during this test:")
         lines.extend(format_exception(error) for error in errors)
-    return f"{SECTION_TITLE}: {describe_app(server.app)} on {server_where(server)}", "\n".join(lines)
+    return f"{server.section_title}: {describe_app(server.app)} on {server_where(server)}", "\n".join(lines)
 
 
-def server_where(server: UvicornTestServer) -> str:
+def server_where(server: Watched) -> str:
     try:
         return f"{server.host}:{server.port}"
     except ServerStateError:  # it never bound a port

@@ -15,7 +15,7 @@ from uvicorn_testserver._plugin.run_hooks import SharedRunHooks
 if TYPE_CHECKING:
     from uvicorn_testserver._faces.sync_server import UvicornTestServer
     from uvicorn_testserver._plugin.managed import ManagedServer
-    from uvicorn_testserver._plugin.run_scope import SharedServer
+    from uvicorn_testserver._plugin.shared_server import SharedServer
 
 
 class UvicornServerFactory(Protocol):
@@ -93,7 +93,7 @@ def uvicorn_server(request: pytest.FixtureRequest, uvicorn_app: AppType) -> Iter
     options = marker_options(request.node, state.settings.server_options)
     hooks = request.config.pluginmanager.get_plugin(SHARED_RUN)
     if isinstance(hooks, SharedRunHooks):
-        yield hooks.attach(uvicorn_app, options)
+        yield hooks.attach(request.config, uvicorn_app, options)
         return
     server = state.start(uvicorn_app, options)
     server.shared_options = options

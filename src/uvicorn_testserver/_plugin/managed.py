@@ -8,15 +8,21 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Self
 
+import pytest
+
 from uvicorn_testserver._core.errors import ServerExceptionsError
 from uvicorn_testserver._core.settings import AppType
 from uvicorn_testserver._faces.sync_server import UvicornTestServer
+from uvicorn_testserver._plugin.options import SECTION_TITLE
 
 __all__ = ["ManagedServer"]
 
 
 class ManagedServer(UvicornTestServer):
     """A server started by a plugin fixture; the plugin reports its app errors test by test."""
+
+    whole_run = False
+    section_title = SECTION_TITLE
 
     def __init__(self, app: AppType, **options: Any) -> None:
         super().__init__(app, **options)
@@ -44,8 +50,9 @@ class ManagedServer(UvicornTestServer):
         """Count `exc` as an unhandled exception of the app (one a framework turned into a 500 itself)."""
         self._core.note_app_error(exc, serving)
 
-    def take_errors(self) -> list[BaseException]:
-        """The app errors not reported to any test yet; they count as reported from now on."""
+    def take_errors(self, test: pytest.Item) -> list[BaseException]:
+        """The app errors not reported to any test yet (`test` is the one they are reported to); they count as
+        reported from now on."""
         errors = self.errors
         new = errors[min(self.errors_taken, len(errors)) :]
         self.errors_taken = len(errors)
