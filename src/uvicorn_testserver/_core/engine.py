@@ -30,7 +30,6 @@ from uvicorn_testserver._core.errors import (
     ServerShutdownError,
     ServerStartupError,
     ServerStateError,
-    error_is_of,
 )
 from uvicorn_testserver._core.health import probe
 from uvicorn_testserver._core.logs import ServerLog, capture_into, harness_logger, install_capture, log_level_lease
@@ -316,14 +315,6 @@ class ServerCore:
     def served_when_raised(self, error: BaseException) -> str:
         """What the app was serving when it raised `error` ("GET /divide"), or ''."""
         return self._served_when_raised.get(id(error), "")
-
-    def take_expected(self, since: int, types: tuple[type[BaseException], ...]) -> list[BaseException]:
-        """Take the errors after position `since` that are of `types` out of `errors`; return them."""
-        self.settle()
-        taken = [error for error in self.app_errors[since:] if error_is_of(error, types)]
-        for error in taken:
-            self.app_errors.remove(error)
-        return taken
 
     def _run_options(self, cleanup: ExitStack) -> dict[str, Any]:
         """uvicorn options for one run; what the run creates (TLS files, WSGI threads) is released by `cleanup`."""

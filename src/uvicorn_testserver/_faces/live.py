@@ -13,6 +13,7 @@ from uvicorn_testserver._core.app_errors import InFlight
 from uvicorn_testserver._core.errors import (
     ServerExceptionsError,
     ServerStateError,
+    error_is_of,
     expected_count,
     expected_count_problem,
 )
@@ -54,7 +55,6 @@ class Served(Protocol):
     def settle(self) -> None: ...
     def in_flight(self) -> list[InFlight]: ...
     def served_when_raised(self, error: BaseException) -> str: ...
-    def take_expected(self, since: int, types: tuple[type[BaseException], ...]) -> list[BaseException]: ...
 
 
 # -- the accessors every face shares ------------------------------------------------------------
@@ -236,7 +236,11 @@ class LiveServer:
         since = len(self._core.app_errors)
         expected: list[BaseException] = []
         yield expected
-        expected.extend(self._core.take_expected(since, types))
+        self._core.settle()
+        errors = self._core.app_errors
+        expected.extend(error for error in errors[since:] if error_is_of(error, types))
+        for error in expected:
+            errors.remove(error)
         problem = expected_count_problem(types, len(expected), at_least, at_most, "in this block")
         if problem:
             raise AssertionError(f"expected the app of {self!r} to raise {problem}.")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from uvicorn_testserver._core.app_errors import InFlight
-from uvicorn_testserver._core.errors import InFlightWarning, ServerStateError, error_is_of
+from uvicorn_testserver._core.errors import InFlightWarning, ServerStateError
 from uvicorn_testserver._core.logs import ServerLog, record_from_fields
 from uvicorn_testserver._core.run import AnyRun
 from uvicorn_testserver._core.settings import ServerSettings
@@ -111,13 +111,6 @@ class SharedView:
     def running_when_raised(self, error: BaseException) -> list[str]:
         """The tests running on any worker when the app raised `error`."""
         return self._served.get(id(error), ("", []))[1]
-
-    def take_expected(self, since: int, types: tuple[type[BaseException], ...]) -> list[BaseException]:
-        self.settle()
-        taken = [error for error in self._app_errors[since:] if error_is_of(error, types)]
-        for error in taken:
-            self._app_errors.remove(error)
-        return taken
 
 
 class SharedServer(LiveServer):
