@@ -6,14 +6,12 @@ the stop sequence (ask, wait, force, kill, give up) and the release of everythin
 run made. Where uvicorn actually runs is a `Run` (`_core.run`), one small class per
 mode in `_runners`, which only starts serving and answers the core's questions. The
 start and stop sequences are written once, as generators of the waits they need
-(`Step`); `start()`/`stop()` perform those waits by blocking (the async faces call them
-from a thread of their own, `_faces.bridge`), and `start_in_loop()`/`stop_in_loop()` by
-awaiting on the caller's own loop, where a loop-mode server runs.
+(`Step`); `start()`/`stop()` perform those waits by blocking, and the async faces
+(`_faces.bridge`) drive `start_steps()`/`stop_steps()` by awaiting on the caller's loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import socket
@@ -158,39 +156,34 @@ class ServerCore:
         start give up promptly.
         """
         with self._lock:
-            self._drive(self._start_steps(cancelled))
+            self._drive(self.start_steps(cancelled))
 
     def stop(self, shutdown_timeout: float | None = None) -> None:
         """Stop the run (if any) and block until it has ended; release everything, then raise the app's
         errors if told to. Idempotent. Interrupted (Ctrl-C), the run stays tracked for a later stop().
         `shutdown_timeout` overrides the server's for this stop."""
         with self._lock:
-            self._drive(self._stop_steps(shutdown_timeout))
-        self.raise_app_errors()
-
-    async def start_in_loop(self) -> None:
-        """`start`, awaiting instead of blocking: for a run on the caller's own event loop (loop mode).
-
-        A cancellation abandons the start and stops what it started before it propagates.
-        """
-        with self._held():
-            await self._drive_in_loop(self._start_steps(None), abandon_on_cancel=True)
-
-    async def stop_in_loop(self, shutdown_timeout: float | None = None) -> None:
-        """`stop`, awaiting instead of blocking; a cancellation lets the stop finish, then propagates."""
-        with self._held():
-            await self._drive_in_loop(self._stop_steps(shutdown_timeout), abandon_on_cancel=False)
+            self._drive(self.stop_steps(shutdown_timeout))
         self.raise_app_errors()
 
     @contextlib.contextmanager
-    def _held(self) -> Iterator[None]:
-        # The event loop must not block on the lock: another thread starting or stopping is a misuse.
+    def held(self) -> Iterator[None]:
+        """Hold the start/stop lock while an event loop drives the steps (`start_steps`, `stop_steps`) itself.
+
+        Never blocks: the event loop must not wait on another thread, so another thread starting or stopping
+        at that moment is a `ServerStateError`.
+        """
         if not self._lock.acquire(blocking=False):
             raise ServerStateError(f"{self.describe()} is being started or stopped from another thread.")
         try:
             yield
         finally:
             self._lock.release()
+
+    @property
+    def current_run(self) -> AnyRun | None:
+        """The run between a start and the stop that ends it, whose waits a driver performs."""
+        return self._run
 
     def _drive(self, steps: Steps) -> None:
         """Perform each step by blocking; an exception goes back into the steps, which decide."""
@@ -202,38 +195,12 @@ class ServerCore:
             except StopIteration:
                 return
             try:
-                send, value = steps.send, self._perform(step)
+                send, value = steps.send, self.perform(step)
             except BaseException as exc:  # noqa: BLE001 - handed to the steps (a failed wait, Ctrl-C)
                 send, value = steps.throw, exc
 
-    async def _drive_in_loop(self, steps: Steps, *, abandon_on_cancel: bool) -> None:
-        """Perform each step by awaiting. The first cancellation goes into the steps if `abandon_on_cancel`
-        (a start then stops what it started); any other waits for the step, and all are re-raised at the end."""
-        send: Callable[[Any], Step] = steps.send
-        value: Any = None
-        cancelled: BaseException | None = None
-        while True:
-            try:
-                step = send(value)
-            except StopIteration:
-                break
-            while True:
-                try:
-                    send, value = steps.send, await self._perform_in_loop(step)
-                except asyncio.CancelledError as exc:
-                    if cancelled is None and abandon_on_cancel:
-                        cancelled = exc
-                        send, value = steps.throw, exc
-                    else:
-                        cancelled = cancelled or exc
-                        continue  # the same wait again: it has its own bound
-                except BaseException as exc:  # noqa: BLE001 - handed to the steps
-                    send, value = steps.throw, exc
-                break
-        if cancelled is not None:
-            raise cancelled
-
-    def _perform(self, step: Step) -> Any:
+    def perform(self, step: Step) -> Any:
+        """Perform `step` by blocking (a wait's answer, or a probe's)."""
         run = self._run
         if isinstance(step, Probe):
             return probe(self.settings, self._port, step.path, step.deadline)
@@ -243,24 +210,13 @@ class ServerCore:
         assert run is not None
         if run.in_loop:  # blocking on a run of an event loop: only its end, from outside it (interpreter exit)
             if isinstance(step, WaitReady):
-                raise ServerStateError(f"{self.describe()} runs on the caller's event loop: use start_in_loop().")
+                raise ServerStateError(f"{self.describe()} runs on the caller's event loop: start it there.")
             return run.wait_ended_outside(step.timeout)
         return run.wait_ready(step.timeout) if isinstance(step, WaitReady) else run.wait_ended(step.timeout)
 
-    async def _perform_in_loop(self, step: Step) -> Any:
-        run = self._run
-        if isinstance(step, Probe):
-            return await asyncio.to_thread(probe, self.settings, self._port, step.path, step.deadline)
-        if isinstance(step, Pause):
-            await asyncio.sleep(step.seconds)
-            return None
-        assert run is not None
-        assert run.in_loop, "only a run on the caller's loop is awaited there"
-        if isinstance(step, WaitReady):
-            return await run.wait_ready(step.timeout)
-        return await run.wait_ended(step.timeout)
-
-    def _start_steps(self, cancelled: threading.Event | None) -> Steps:
+    def start_steps(self, cancelled: threading.Event | None = None) -> Steps:
+        """The start, as the waits it needs; an exception thrown in (a cancellation) stops what it started, then
+        propagates."""
         if self._run is not None:
             url = server_url(self.settings.scheme, self.settings.host, self._port)
             state = f"already running at {url}" if self._running else "still stopping after an interrupted stop()"
@@ -285,7 +241,7 @@ class ServerCore:
             yield from self._bring_up(run, started_at, cancelled)
         except BaseException as error:
             try:
-                yield from self._stop_steps()
+                yield from self.stop_steps()
             except ServerShutdownError as stop_error:  # the start's own error says more; keep both
                 error.add_note(f"Stopping it afterwards failed too: {stop_error}")
             self._errors_unraised = False  # the start's error is the report; the app's stay in `errors`
@@ -422,8 +378,9 @@ class ServerCore:
             log_tail=self.log.tail(shown=errors),
         )
 
-    def _stop_steps(self, shutdown_timeout: float | None = None) -> Steps:
-        """Ask, wait, force, kill, give up; then release. Interrupted before the end, the run stays tracked."""
+    def stop_steps(self, shutdown_timeout: float | None = None) -> Steps:
+        """The stop, as the waits it needs: ask, wait, force, kill, give up; then release. Interrupted before the
+        end, the run stays tracked. The app's errors are raised after, by `raise_app_errors`."""
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()  # bound by bind() but never started

@@ -190,7 +190,7 @@ class AsyncTestServer(LiveServer):
             self._loop = asyncio.get_running_loop()
         if self.is_running:
             raise ServerStateError(f"{self!r} is already running at {self.base_url}; call stop() first.")
-        await bridge.start(self._core, in_loop=self.mode == "loop")
+        await bridge.start(self._core)
         if backend == "asyncio":
             self._client = AsyncTestClient(self.base_url, timeout=self.client_timeout, ssl=self._client_ssl())
         return self
@@ -219,7 +219,7 @@ class AsyncTestServer(LiveServer):
                     await client.close()
             except anyio.get_cancelled_exc_class() as exc:  # a native asyncio cancellation: the stop goes on
                 interrupted = exc
-        await bridge.stop(self._core, grace, in_loop=self.mode == "loop", interrupted=interrupted)
+        await bridge.stop(self._core, grace, interrupted=interrupted)
 
     async def __aenter__(self) -> Self:
         return await self.start()

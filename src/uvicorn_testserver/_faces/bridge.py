@@ -1,9 +1,11 @@
 """The async faces' bridge to the lifecycle, under asyncio or trio (through anyio).
 
-A start or stop runs elsewhere than the caller's task: in a thread of its own, started
-before the first await (so there is always a worker to wait for), or, in loop mode, in
-a task of its own on the caller's loop. The caller waits for it, and a cancellation
-never leaves a server behind or a caller waiting on nothing:
+In thread and loop mode the caller's own task drives the start or stop: it awaits each
+wait of the core's steps on its event loop, woken by the server's thread (one hand-over
+each way) or by the server's task on the same loop. A process-mode start or stop, whose
+waits block, runs in a thread of its own, started before the first await (so there is
+always a worker to wait for). A cancellation never leaves a server behind or a caller
+waiting on nothing:
 
 * a cancelled start is abandoned (a startup under way is cancelled, and a lifespan startup
   that completed gets its shutdown), whatever it started is stopped, then the cancellation
@@ -18,7 +20,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -26,48 +28,121 @@ import sniffio
 
 from uvicorn_testserver._core.engine import ServerCore
 from uvicorn_testserver._core.errors import ServerExceptionsError, ServerShutdownError
+from uvicorn_testserver._core.steps import Pause, Probe, Step, Steps, WaitReady
+from uvicorn_testserver._runners.thread import ThreadRun
 
 __all__ = ["start", "stop"]
 
 
-async def start(core: ServerCore, *, in_loop: bool = False) -> None:
+async def start(core: ServerCore) -> None:
     """`core.start()` from async code; cancelling it abandons the start, stops what it started, then re-raises."""
+    if core.settings.mode != "process":
+        with core.held():
+            interrupted = await _drive(core, core.start_steps(), abandon_on_cancel=True)
+        if interrupted is not None:  # asked just as the start completed
+            await stop(core, interrupted=interrupted)
+        return
     cancelled = threading.Event()
-    if in_loop:
-        work = _Work.in_task(core.start_in_loop())
-    else:
-        work = _Work.in_thread(lambda: core.start(cancelled), f"start {core.where()}")
+    work = _Work.in_thread(lambda: core.start(cancelled), f"start {core.where()}")
     interrupted = await work.wait(until_done=False)
     if interrupted is None:
         work.outcome.result()
         return
     cancelled.set()
-    work.abandon(core)
+    core.abandon()
     await work.finish()  # the abandoned start ends promptly, whatever else is cancelled meanwhile
     if work.outcome.exception() is None:  # it had started just before the cancellation
-        await stop(core, in_loop=in_loop, interrupted=interrupted)
+        await stop(core, interrupted=interrupted)
     raise interrupted
 
 
 async def stop(
-    core: ServerCore,
-    shutdown_timeout: float | None = None,
-    *,
-    in_loop: bool = False,
-    interrupted: BaseException | None = None,
+    core: ServerCore, shutdown_timeout: float | None = None, *, interrupted: BaseException | None = None
 ) -> None:
     """`core.stop()` from async code. A cancellation (or `interrupted`, one the caller caught before) lets the
     stop finish, then propagates instead of any `ServerExceptionsError`: the app's errors stay in `errors`."""
-    if in_loop:
-        work = _Work.in_task(core.stop_in_loop(shutdown_timeout))
+    outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
+    if core.settings.mode != "process":
+        with core.held():
+            try:
+                interrupted = await _drive(core, core.stop_steps(shutdown_timeout), abandon_on_cancel=False) or (
+                    interrupted
+                )
+                core.raise_app_errors()
+            except BaseException as exc:  # noqa: BLE001 - decided below, as a stop in a thread's
+                outcome.set_exception(exc)
+            else:
+                outcome.set_result(None)
     else:
         work = _Work.in_thread(lambda: core.stop(shutdown_timeout), f"stop {core.where()}")
-    interrupted = await work.wait(until_done=True) or interrupted
+        interrupted = await work.wait(until_done=True) or interrupted
+        outcome = work.outcome
     if interrupted is None:
-        work.outcome.result()
+        outcome.result()
         return
-    _keep_unraised(work.outcome)
+    _keep_unraised(outcome)
     raise interrupted
+
+
+async def _drive(core: ServerCore, steps: Steps, *, abandon_on_cancel: bool) -> BaseException | None:
+    """Perform each of `steps` on the caller's loop; an exception goes back into the steps, which decide. The
+    first cancellation goes into the steps too if `abandon_on_cancel` (a start then stops what it started, and
+    re-raises it); otherwise it is returned once the steps are done, as is one that comes as they end. The
+    waits after it are shielded."""
+    send: Callable[[Any], Step] = steps.send
+    value: Any = None
+    cancelled: BaseException | None = None
+    while True:
+        try:
+            step = send(value)
+        except StopIteration:
+            break
+        while True:
+            try:
+                with anyio.CancelScope(shield=cancelled is not None):
+                    send, value = steps.send, await _perform(core, step)
+            except anyio.get_cancelled_exc_class() as exc:
+                if cancelled is None and abandon_on_cancel:
+                    cancelled = exc
+                    send, value = steps.throw, exc
+                else:
+                    cancelled = cancelled or exc
+                    continue  # the same wait again (a native cancellation, which a shield does not stop)
+            except BaseException as exc:  # noqa: BLE001 - handed to the steps
+                send, value = steps.throw, exc
+            break
+    if cancelled is None:  # one asked while the last wait was ending still counts: the caller has not resumed
+        try:
+            await anyio.lowlevel.checkpoint()
+        except anyio.get_cancelled_exc_class() as exc:
+            cancelled = exc
+    return cancelled
+
+
+async def _perform(core: ServerCore, step: Step) -> Any:
+    if isinstance(step, Pause):
+        await anyio.sleep(step.seconds)
+        return None
+    if isinstance(step, Probe):  # a blocking GET: in a thread of its own
+        answer: list[Any] = []
+        work = _Work.in_thread(lambda: answer.append(core.perform(step)), f"probe {core.where()}")
+        await work.finish()
+        work.outcome.result()
+        return answer[0]
+    run = core.current_run
+    assert run is not None
+    if run.in_loop:
+        return await (run.wait_ready(step.timeout) if isinstance(step, WaitReady) else run.wait_ended(step.timeout))
+    assert isinstance(run, ThreadRun), "a process-mode run is driven from a thread of its own"
+    woken = anyio.Event()
+    wake = _waker(woken)
+    (run.on_ready if isinstance(step, WaitReady) else run.on_ended)(wake)
+    with anyio.move_on_after(step.timeout):
+        await woken.wait()
+    if isinstance(step, WaitReady):
+        return run.wait_ready(0)  # True, or its StartupFailed; False if the deadline passed
+    # Woken by the thread's last act, it ends a moment later: joining it blocks the loop for no longer.
+    return run.wait_ended(1.0 if woken.is_set() else 0)
 
 
 def _keep_unraised(outcome: concurrent.futures.Future[None]) -> None:
@@ -79,12 +154,12 @@ def _keep_unraised(outcome: concurrent.futures.Future[None]) -> None:
 
 
 class _Work:
-    """A start or stop running apart from the caller: its outcome, and an event on the caller's loop once done."""
+    """Blocking work (a process-mode start or stop, a probe) in a thread of its own: its outcome, and an event
+    on the caller's loop once done."""
 
     def __init__(self) -> None:
         self.outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.done = anyio.Event()
-        self._task: asyncio.Task[None] | None = None
         self._thread: threading.Thread | None = None
 
     @classmethod
@@ -106,30 +181,6 @@ class _Work:
         work._thread = threading.Thread(target=run, name=f"uvicorn-testserver {what}", daemon=True)
         work._thread.start()
         return work
-
-    @classmethod
-    def in_task(cls, coroutine: Coroutine[Any, Any, None]) -> _Work:
-        """Run `coroutine` as a task of its own on the running asyncio loop, outside the caller's cancel scopes."""
-        work = cls()
-        work._task = asyncio.get_running_loop().create_task(coroutine)
-        work._task.add_done_callback(work._task_done)
-        return work
-
-    def _task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled():
-            self.outcome.set_exception(asyncio.CancelledError())
-        elif (error := task.exception()) is not None:
-            self.outcome.set_exception(error)
-        else:
-            self.outcome.set_result(None)
-        self.done.set()
-
-    def abandon(self, core: ServerCore) -> None:
-        """Make a start give up promptly (it then stops what it started)."""
-        if self._task is not None:
-            self._task.cancel()
-        else:
-            core.abandon()
 
     async def wait(self, *, until_done: bool) -> BaseException | None:
         """Wait until the work is done, or `until_done=False` until the first cancellation; return that

@@ -1,6 +1,6 @@
 """``mode="loop"``: uvicorn as a task on the caller's running asyncio event loop.
 
-The core's start and stop steps are awaited on that same loop (`ServerCore.start_in_loop`),
+The core's start and stop steps are awaited on that same loop (by the async face's bridge),
 so readiness, the health check, the stop sequence and the deadlines are the core's, and
 nothing crosses a thread. For apps that share loop-bound objects (a connection pool, a
 queue) with the test. A blocking call in the app blocks the test too.

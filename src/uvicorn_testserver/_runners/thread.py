@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+from collections.abc import Callable
 from typing import Literal
 
 from uvicorn_testserver._core.logs import capture_into
@@ -24,6 +25,7 @@ class ThreadRun(ServingRun):
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._serving = self.serving_for(launch, self._ready)
         self._crash: BaseException | None = None
+        self._ended: concurrent.futures.Future[None] = concurrent.futures.Future()
         name = f"uvicorn-testserver {launch.settings.host}:{launch.sock.getsockname()[1]}"
         self._thread = threading.Thread(target=self.serve, name=name, daemon=True)
 
@@ -44,12 +46,25 @@ class ThreadRun(ServingRun):
                     failure = StartupFailed(f"the server thread ended before the server was ready: {self._crash!r}")
                     failure.__cause__ = self._crash
                     self._ready.set_exception(failure)
+                self._ended.set_result(None)  # the thread's last act
 
     def launch(self) -> None:
         self._thread.start()
 
     def wait_ready(self, timeout: float) -> bool:
         return done_within(self._ready, timeout)
+
+    def on_ready(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from the server's thread, or now) once the run is ready or failed to start: an event
+        loop then waits for `wait_ready` without a thread of its own."""
+        self._ready.add_done_callback(lambda _: callback())
+
+    def on_ended(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once the server's thread is about to end (or now, once it has, or never launched)."""
+        if self._thread.ident is None:
+            callback()
+        else:
+            self._ended.add_done_callback(lambda _: callback())
 
     def is_alive(self) -> bool:
         return self._thread.is_alive()
