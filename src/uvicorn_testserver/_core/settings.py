@@ -74,6 +74,7 @@ DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",
     "port": 0,
     "ssl": False,
+    "http2": False,
     "health_path": None,
     "startup_timeout": 30.0,
     "shutdown_timeout": 5.0,
@@ -174,6 +175,7 @@ class ServerSettings:
     host: str
     port: int
     tls: ServerTLS | None
+    http2: bool
     health_path: str | None
     startup_timeout: float
     shutdown_timeout: float
@@ -197,7 +199,9 @@ class ServerSettings:
         cwd: str | os.PathLike[str] | None = None,
         **chosen: Any,
     ) -> ServerSettings:
-        """Check every option; raise `TypeError` / `ValueError` naming the option and what it accepts.
+        """Check every option; raise `TypeError` / `ValueError` naming the option and what it accepts, and
+        `ImportError` naming what to install when an option needs a package that is missing (``ssl=True``,
+        ``http2=True``).
 
         `chosen` are the options named in `DEFAULTS` (plus ``mode``), as a face was given them.
         """
@@ -226,6 +230,8 @@ class ServerSettings:
             from uvicorn_testserver._core.wsgi import serve_app
 
             served_app, served_options = serve_app(app, options)
+        if values["http2"]:  # uvicorn serves HTTP/2 (and HTTP/1.1 on the same port) through zttp only
+            served_options = {**served_options, "http": "zttp", "http2": True}
         return cls(
             app=app,
             tls=tls,
@@ -281,6 +287,7 @@ def _check_values(
     host: Any,
     port: Any,
     ssl: Any,
+    http2: Any,
     health_path: Any,
     startup_timeout: Any,
     shutdown_timeout: Any,
@@ -298,6 +305,9 @@ def _check_values(
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be from 0 to 65535 (0 picks a free port), not {port!r}.")
     _of_type("ssl", ssl, bool, "True or False")
+    _of_type("http2", http2, bool, "True or False")
+    if http2:
+        _check_http2(options)
     if health_path is not None:
         _of_type("health_path", health_path, str, "a path such as '/health', or None")
         if not health_path.startswith("/"):
@@ -310,6 +320,19 @@ def _check_values(
     _one_of("stop_signal", stop_signal.name if isinstance(stop_signal, signal.Signals) else stop_signal, STOP_SIGNALS)
     check_uvicorn_options(options)
     _check_mode(mode, options, env, cwd)
+
+
+def _check_http2(options: Mapping[str, Any]) -> None:
+    http = options.get("http", "zttp")
+    if http != "zttp":
+        raise ValueError(
+            f"http2=True serves HTTP/2 and HTTP/1.1 through uvicorn's zttp protocol, so it cannot be combined with "
+            f"http={http!r}. Drop http=, or drop http2=True to serve HTTP/1.1 with {http!r}."
+        )
+    from uvicorn_testserver._core.versions import http2_unavailable
+
+    if reason := http2_unavailable():
+        raise ImportError(reason, name="zttp")
 
 
 def check_seconds(name: str, value: object, *, zero: bool = True) -> float:

@@ -51,6 +51,11 @@ class LiveServer:
         return self._core.settings.host
 
     @property
+    def http2(self) -> bool:
+        """Whether the server offers HTTP/2 (ALPN ``h2`` over TLS, h2c with prior knowledge) beside HTTP/1.1."""
+        return self._core.settings.http2
+
+    @property
     def health_path(self) -> str | None:
         """The path that must answer 2xx before `start()` returns, or None."""
         return self._core.settings.health_path
@@ -129,6 +134,11 @@ class LiveServer:
         if tls is None:
             raise ServerStateError(f"{self!r} has no ssl_context: pass ssl=True to serve HTTPS with a throw-away CA.")
         return tls.client_context()
+
+    def _http1_ssl_context(self) -> ssl_module.SSLContext | None:
+        """With ``ssl=True``: the context of the harness's own HTTP/1.1 clients (see `ServerTLS.http1_context`)."""
+        tls = self._core.settings.tls
+        return tls.http1_context() if tls is not None else None
 
     @property
     def ca_path(self) -> Path:

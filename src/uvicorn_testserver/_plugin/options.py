@@ -209,7 +209,7 @@ def check_usage(options: Mapping[str, Any], where: str) -> None:
         )
     try:
         check_options(options)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ImportError) as exc:  # ImportError: a package an option needs (http2=True)
         raise pytest.UsageError(f"{where}: {exc}") from None
 
 
