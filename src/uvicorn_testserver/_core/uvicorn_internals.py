@@ -22,7 +22,7 @@ its checks agree:
 * ``uvicorn.importer.import_from_string``, ``uvicorn.importer.ImportFromStringError``
 * ``connection.shutdown()``, ``connection.transport`` on every protocol in
   ``Server.server_state.connections``, and ``connection.access_log`` on the HTTP ones
-* with `http2=True` (uvicorn 0.54+): ``AutoZttpProtocol._switch(http2, initial_data)``,
+* with `http2=True`: ``AutoZttpProtocol._switch(http2, initial_data)``,
   which hands a new connection to the HTTP/1.1 or the HTTP/2 protocol
 
 What it changes, and why:

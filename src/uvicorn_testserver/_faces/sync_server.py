@@ -35,8 +35,8 @@ class UvicornTestServer(LiveServer):
     process (with `env` and `cwd`; `output`, `pid` and `returncode` tell what it did).
     ``ssl=True`` serves HTTPS/WSS with a throw-away CA (`ssl_context`, `ca_path`).
     ``http2=True`` serves HTTP/2 as well as HTTP/1.1 on the same port (ALPN ``h2`` over TLS,
-    prior-knowledge h2c in cleartext); it needs uvicorn 0.54 and zttp (the extra
-    ``uvicorn-testserver[http2]``), and raises `ImportError` naming them otherwise.
+    prior-knowledge h2c in cleartext); it needs zttp (the extra ``uvicorn-testserver[http2]``),
+    and raises `ImportError` saying so without it.
     `health_path`, if set, must answer 2xx before `start()` returns. `stop_signal`
     (``"SIGTERM"``, or ``"SIGINT"``) is the signal whose handling `stop()` goes through,
     as under a process manager. Extra keyword
