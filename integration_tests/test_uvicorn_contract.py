@@ -318,7 +318,7 @@ def _connection_access_log(observed: Observed) -> None:
 def _auto_zttp_switch(observed: Observed) -> None:
     try:
         from uvicorn.protocols.http.auto_zttp_impl import AutoZttpProtocol
-    except ImportError:  # before 0.54, or without zttp: http2=True is refused at construction
+    except ImportError:  # without zttp: http2=True is refused at construction
         pytest.skip(f"uvicorn {UVICORN} without zttp serves no HTTP/2")
     assert parameters(AutoZttpProtocol._switch) == ["self", "http2", "initial_data"]
 
