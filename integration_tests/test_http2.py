@@ -10,12 +10,17 @@ import asyncio
 import concurrent.futures
 import importlib.metadata
 import importlib.util
+import socket
 import sys
 import textwrap
 import time
 import uuid
 from typing import Any
 
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
 import httpx
 import pytest
 
@@ -187,6 +192,44 @@ def test_an_h2c_upgrade_request_is_answered_over_http1() -> None:
         assert (response.status_code, response.http_version) == (200, "HTTP/1.1")
         assert served(response)[0] == "1.1"
     assert "Unsupported upgrade request." in live.log.text
+
+
+@needs_http2
+def test_a_websocket_opened_over_http2_reaches_the_app_as_http_and_the_log_says_why() -> None:
+    """zttp offers RFC 8441 (SETTINGS_ENABLE_CONNECT_PROTOCOL), so browsers open WebSockets over HTTP/2 with an
+    extended CONNECT; uvicorn serves WebSockets over HTTP/1.1 only, and hands the app an HTTP CONNECT."""
+    with (
+        UvicornTestServer(APP, http2=True, log_level="info") as live,
+        socket.create_connection((live.host, live.port), timeout=WAIT) as sock,
+    ):
+        connection = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        connection.initiate_connection()
+        sock.sendall(connection.data_to_send())
+        events = h2_events(sock, connection, until=h2.events.RemoteSettingsChanged)
+        assert events[-1].changed_settings[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL].new_value == 1
+        authority = f"{live.host}:{live.port}"
+        websocket = [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"), (":path", "/ws")]
+        connection.send_headers(1, [*websocket, (":authority", authority), ("sec-websocket-version", "13")])
+        sock.sendall(connection.data_to_send())
+        events = h2_events(sock, connection, until=h2.events.StreamEnded)
+        [response] = [event for event in events if isinstance(event, h2.events.ResponseReceived)]
+        assert dict(response.headers)[b":status"] == b"404"  # Starlette's answer to an HTTP request for /ws
+    assert '"CONNECT /ws HTTP/2" 404' in live.log.text
+    assert live.log.text.count("A client opened a WebSocket over HTTP/2 (CONNECT /ws with :protocol websocket") == 1
+
+
+def h2_events(sock: socket.socket, connection: h2.connection.H2Connection, *, until: type) -> list[Any]:
+    """Read from `sock` until an event of type `until` arrives; every event read, in order."""
+    events: list[Any] = []
+    while not events or not isinstance(events[-1], until):
+        data = sock.recv(65536)
+        assert data, f"the server closed the connection before {until.__name__}: {events}"
+        for event in connection.receive_data(data):
+            events.append(event)
+            if isinstance(event, until):
+                break
+        sock.sendall(connection.data_to_send())
+    return events
 
 
 # -- options ---------------------------------------------------------------------------------------
