@@ -128,7 +128,8 @@ class LiveServer:
 
         Verification and hostname checks stay on. Available before `start()` and the
         same object across restarts (the CA lives as long as the server object). Raises
-        `ServerStateError` without ``ssl=True``.
+        `ServerStateError` without ``ssl=True``. An HTTP/2 client such as httpx sets ALPN
+        on the context it is given, which then offers ``h2`` to every client sharing it.
         """
         tls = self._core.settings.tls
         if tls is None:

@@ -83,7 +83,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     add(
         "uvicorn_options",
-        "Extra options for the plugin's servers (uvicorn.Config's, or UvicornTestServer's such as ssl), as "
+        "Extra options for the plugin's servers (uvicorn.Config's, or UvicornTestServer's such as ssl or http2), as "
         "key=value (the command-line option --uvicorn-options may be repeated). Values true, false, none and "
         "numbers are converted.",
         ini_type="linelist",
