@@ -263,7 +263,7 @@ class Baseline:
         end = time.monotonic() + wait
         while (self.extra_threads() or fd_count() > self.fds) and time.monotonic() < end:
             time.sleep(0.005)
-        assert self.extra_threads() == [], "threads left behind"
+        assert self.extra_threads() == [], f"threads left behind: {self.extra_threads()}"
         assert fd_count() <= self.fds, f"{fd_count() - self.fds} file descriptor(s) left open"
 
 

@@ -4,6 +4,7 @@
 and shows the JSON answer in ``#greeting``, then opens a WebSocket to ``/ws`` and shows
 the echo of what it sent in ``#echo``. ``GET /broken`` serves the same page pointed at
 ``/api/broken``, an endpoint that raises, so the page shows the HTTP status instead.
+``GET /api/http-version`` answers the ``http_version`` the app saw (``"2"`` over HTTP/2).
 The WebSocket URL follows the page's own scheme, so the page works over https/wss too.
 """
 
@@ -13,7 +14,7 @@ import contextlib
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -62,6 +63,10 @@ async def broken(request: Request) -> JSONResponse:
     raise RuntimeError("the greeting service is down")
 
 
+async def http_version(request: Request) -> PlainTextResponse:
+    return PlainTextResponse(request.scope["http_version"])
+
+
 async def echo(websocket: WebSocket) -> None:
     await websocket.accept()
     with contextlib.suppress(WebSocketDisconnect):
@@ -75,6 +80,7 @@ app = Starlette(
         Route("/broken", broken_page),
         Route("/api/greeting", greeting),
         Route("/api/broken", broken),
+        Route("/api/http-version", http_version),
         WebSocketRoute("/ws", echo),
     ]
 )

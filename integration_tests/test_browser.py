@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import os
 import ssl
 from collections.abc import Iterator
@@ -149,3 +150,27 @@ def test_chromium_rejects_the_https_server_without_the_pin(page: Page) -> None:
         pytest.raises(PlaywrightError, match=r"ERR_CERT_AUTHORITY_INVALID"),
     ):
         page.goto(server.url("/"))
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("zttp") is None, reason="zttp, through which uvicorn serves HTTP/2, is not installed"
+)
+def test_chromium_loads_the_page_over_http2_but_its_websocket_over_http2_fails_with_a_reason(
+    playwright: Playwright, tmp_path: Path
+) -> None:
+    """zttp offers WebSockets over HTTP/2 (RFC 8441), which uvicorn does not serve: the page's WebSocket fails."""
+    with UvicornTestServer(app, ssl=True, http2=True, log_level="info") as server:
+        context = launch(playwright, tmp_path, f"--ignore-certificate-errors-spki-list={spki_pin(server)}")
+        try:
+            page = context.new_page()
+            page.goto(server.url("/"))
+            expect(page.locator("#greeting")).to_have_text("Hello, browser!", timeout=10_000)
+            # The browser's side (ALPN chose h2), then the app's.
+            assert page.evaluate("performance.getEntriesByType('navigation')[0].nextHopProtocol") == "h2"
+            assert page.evaluate("fetch('/api/http-version').then((response) => response.text())") == "2"
+            expect(page.locator("#echo")).to_have_text("WebSocket failed", timeout=10_000)
+        finally:
+            context.close()
+    assert '"GET / HTTP/2" 200' in server.log.text
+    assert '"CONNECT /ws HTTP/2" 404' in server.log.text
+    assert "A client opened a WebSocket over HTTP/2 (CONNECT /ws with :protocol websocket" in server.log.text

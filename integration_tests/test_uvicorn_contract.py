@@ -314,6 +314,15 @@ def _connection_access_log(observed: Observed) -> None:
     assert all(isinstance(connection.access_log, bool) for connection in http)
 
 
+@check("AutoZttpProtocol._switch(http2, initial_data)")
+def _auto_zttp_switch(observed: Observed) -> None:
+    try:
+        from uvicorn.protocols.http.auto_zttp_impl import AutoZttpProtocol
+    except ImportError:  # without zttp: http2=True is refused at construction
+        pytest.skip(f"uvicorn {UVICORN} without zttp serves no HTTP/2")
+    assert parameters(AutoZttpProtocol._switch) == ["self", "http2", "initial_data"]
+
+
 @pytest.mark.parametrize("member", sorted(CHECKS))
 def test_uvicorn_still_has(member: str, observed: Observed) -> None:
     try:

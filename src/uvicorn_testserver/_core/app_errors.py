@@ -1,6 +1,7 @@
 """What the harness wraps around the app: it records the app's unhandled exceptions (and what it was
-serving), knows which requests are in flight, and keeps a connection usable after an error raised once the
-response went out in full. Plain ASGI: nothing here depends on uvicorn's internals."""
+serving), knows which requests are in flight, keeps a connection usable after an error raised once the
+response went out in full, and says why a WebSocket opened over HTTP/2 fails. Plain ASGI: nothing here depends
+on uvicorn's internals."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class AppErrorRecorder:
         self.startup_failure: str | None = None
         self.in_flight: dict[asyncio.Task[Any] | None, InFlight] = {}
         self.cut: set[asyncio.Task[Any]] = set()
+        self._told_websocket_over_http2 = False
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -56,6 +58,15 @@ class AppErrorRecorder:
             return
         task = asyncio.current_task()
         method = scope.get("method", "WebSocket") if scope["type"] == "http" else "WebSocket"
+        if method == "CONNECT" and not self._told_websocket_over_http2 and _websocket_over_http2(scope):
+            self._told_websocket_over_http2 = True
+            logging.getLogger("uvicorn_testserver").warning(
+                "A client opened a WebSocket over HTTP/2 (CONNECT %s with :protocol websocket, RFC 8441), as browsers "
+                "do when the server offers it, and zttp does; uvicorn serves WebSockets over HTTP/1.1 only, so the app "
+                "got an HTTP CONNECT request and the client's WebSocket fails. Serve a page that opens WebSockets "
+                "from a server without http2=True.",
+                scope.get("path", ""),
+            )
         self.in_flight[task] = InFlight(method, scope.get("path", ""), time.monotonic())
         response = ResponseWatch(send)
         try:
@@ -83,6 +94,10 @@ class AppErrorRecorder:
             await send(message)
 
         return watched
+
+
+def _websocket_over_http2(scope: Any) -> bool:
+    return scope.get("http_version") == "2" and any(name == b"sec-websocket-version" for name, _ in scope["headers"])
 
 
 class ResponseWatch:

@@ -19,9 +19,14 @@ def probe(settings: ServerSettings, port: int, path: str, deadline: float) -> tu
     else:
         import ssl
 
-        # A user's own certificate is not verified here: this checks readiness, not trust.
+        # A user's own certificate is not verified here: this checks readiness, not trust. HTTP/1.1 only, by ALPN:
+        # an http2=True server would otherwise pick h2, which http.client cannot speak.
         tls = settings.tls
-        context = tls.client_context() if tls is not None else ssl._create_unverified_context()
+        if tls is not None:
+            context = tls.http1_context()
+        else:
+            context = ssl._create_unverified_context()
+            context.set_alpn_protocols(["http/1.1"])
         connection = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
     try:
         connection.request("GET", path)

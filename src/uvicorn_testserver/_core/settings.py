@@ -81,6 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "host": "127.0.0.1",
     "port": 0,
     "ssl": False,
+    "http2": False,
     "health_path": None,
     "startup_timeout": 30.0,
     "shutdown_timeout": 5.0,
@@ -122,7 +123,6 @@ class UvicornOptions(TypedDict, total=False):
 
     loop: str
     http: str | type[asyncio.Protocol]
-    http2: bool
     ws: str | type[asyncio.Protocol]
     ws_max_size: int
     ws_max_queue: int
@@ -163,6 +163,9 @@ class UvicornOptions(TypedDict, total=False):
 class _HarnessOptions(UvicornOptions, total=False):
     ssl: bool
     """Serve HTTPS and WSS with a throw-away certificate authority (``trustme``); see `ca_path`."""
+    http2: bool
+    """Serve HTTP/2 as well as HTTP/1.1 (uvicorn's zttp protocol; the extra ``http2``): over TLS by ALPN, in
+    cleartext with prior knowledge (h2c)."""
     health_path: str | None
     """A path that must answer 2xx before the start returns, such as ``"/health"``."""
     startup_timeout: float
@@ -309,6 +312,7 @@ class ServerSettings:
     host: str
     port: int
     tls: ServerTLS | None
+    http2: bool
     health_path: str | None
     startup_timeout: float
     shutdown_timeout: float
@@ -324,7 +328,9 @@ class ServerSettings:
 
     @classmethod
     def build(cls, app: AppType, *, mode: Mode = "thread", options: Mapping[str, Any]) -> ServerSettings:
-        """Check every option; raise `TypeError` / `ValueError` naming the option and what it accepts.
+        """Check every option; raise `TypeError` / `ValueError` naming the option and what it accepts, and
+        `ImportError` naming what to install when an option needs a package that is missing (``ssl=True``,
+        ``http2=True``).
 
         `options` are a face's keyword options as it was given them (`ServerOptions`, with
         ``host`` and ``port``): the harness's own, then ``env`` and ``cwd``, then uvicorn's.
@@ -348,6 +354,8 @@ class ServerSettings:
             from uvicorn_testserver._core.wsgi import serve_app
 
             served_app, served_options = serve_app(app, uvicorn_options)
+        if values["http2"]:  # uvicorn serves HTTP/2 (and HTTP/1.1 on the same port) through zttp only
+            served_options = {**served_options, "http": "zttp", "http2": True}
         return cls(
             app=app,
             mode=mode,
@@ -405,6 +413,9 @@ def _checked(
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be from 0 to 65535 (0 picks a free port), not {port!r}.")
     _of_type("ssl", values["ssl"], bool, "True or False")
+    _of_type("http2", values["http2"], bool, "True or False")
+    if values["http2"]:
+        _check_http2(uvicorn_options)
     if health_path is not None:
         _of_type("health_path", health_path, str, "a path such as '/health', or None")
         if not health_path.startswith("/"):
@@ -418,6 +429,19 @@ def _checked(
     check_uvicorn_options(uvicorn_options)
     _check_mode(mode, uvicorn_options, env, cwd)
     return values, uvicorn_options, env, cwd
+
+
+def _check_http2(options: Mapping[str, Any]) -> None:
+    http = options.get("http", "zttp")
+    if http != "zttp":
+        raise ValueError(
+            f"http2=True serves HTTP/2 and HTTP/1.1 through uvicorn's zttp protocol, so it cannot be combined with "
+            f"http={http!r}. Drop http=, or drop http2=True to serve HTTP/1.1 with {http!r}."
+        )
+    from uvicorn_testserver._core.versions import http2_unavailable
+
+    if reason := http2_unavailable():
+        raise ImportError(reason, name="zttp")
 
 
 def check_seconds(name: str, value: object, *, zero: bool = True) -> float:

@@ -80,6 +80,7 @@ class ServerTLS:
         self._directory: Path | None = None
         self._lock = threading.Lock()
         self._context: ssl.SSLContext | None = None
+        self._http1_context: ssl.SSLContext | None = None
 
     @property
     def ca_pem(self) -> bytes:
@@ -99,6 +100,20 @@ class ServerTLS:
             if self._context is None:
                 self._context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self.ca_pem.decode())
             return self._context
+
+    def http1_context(self) -> ssl.SSLContext:
+        """A client `ssl.SSLContext` like `client_context` that offers HTTP/1.1 alone (ALPN), for the harness's
+        own HTTP/1.1 clients (the health check, WebSockets, the async client); made once, never handed to users.
+
+        httpx sets ALPN ``h2`` on the context it is given, so `client_context` shared with an HTTP/2 client
+        makes an ``http2=True`` server answer any later client sharing it in HTTP/2.
+        """
+        with self._lock:
+            if self._http1_context is None:
+                context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cadata=self.ca_pem.decode())
+                context.set_alpn_protocols(["http/1.1"])
+                self._http1_context = context
+            return self._http1_context
 
     def write_files(self) -> dict[str, str]:
         """Write the CA, certificate chain and key; return uvicorn's ``ssl_certfile`` / ``ssl_keyfile`` options."""

@@ -22,6 +22,8 @@ its checks agree:
 * ``uvicorn.importer.import_from_string``, ``uvicorn.importer.ImportFromStringError``
 * ``connection.shutdown()``, ``connection.transport`` on every protocol in
   ``Server.server_state.connections``, and ``connection.access_log`` on the HTTP ones
+* with `http2=True`: ``AutoZttpProtocol._switch(http2, initial_data)``,
+  which hands a new connection to the HTTP/1.1 or the HTTP/2 protocol
 
 What it changes, and why:
 
@@ -33,7 +35,8 @@ What it changes, and why:
 * an error the app raises after its response went out in full is logged as uvicorn logs
   it, without closing the keep-alive connection under the client.
 * the HTTP protocol always writes access lines (the capture filters them per server),
-  not only when the process has logging handlers.
+  not only when the process has logging handlers; with HTTP/2, so do the HTTP/1.1 and
+  HTTP/2 protocols the dispatcher hands each connection to.
 * `main_loop` wakes the moment `should_exit` is set instead of on uvicorn's 0.1 s tick.
 * `shutdown` polls connections with a millisecond back-off instead of uvicorn's fixed
   0.1 s sleep plus 0.1 s polling, and says in the log when it cuts open streams.
@@ -395,7 +398,17 @@ def _with_access_log(protocol_class: type[asyncio.Protocol]) -> type[asyncio.Pro
             protocol_class.__init__(self, *args, **kwargs)
             self.access_log = True
 
-        namespace = {"__init__": __init__, "__module__": __name__}
+        namespace: dict[str, Any] = {"__init__": __init__, "__module__": __name__}
+        if hasattr(protocol_class, "_switch"):  # http2=True: zttp's dispatcher, which makes the real protocol
+
+            def _switch(self: Any, http2: bool, initial_data: bytes = b"") -> None:
+                protocol_class._switch(self, http2)
+                protocol = self.transport.get_protocol()  # the one it made, before it reads a request
+                protocol.access_log = True
+                if initial_data:
+                    protocol.data_received(initial_data)
+
+            namespace["_switch"] = _switch
         subclass = _access_logged.setdefault(
             protocol_class, type(protocol_class.__name__, (protocol_class,), namespace)
         )

@@ -150,15 +150,16 @@ class AsyncTestServer(LiveServer):
         """Open a WebSocket to `path` with the `websockets` library's asyncio client (asyncio only).
 
         Use it as ``async with server.websocket_connect("/ws") as ws:``. `options` go to
-        ``websockets.asyncio.client.connect``; with TLS, ``ssl`` defaults to `ssl_context`.
+        ``websockets.asyncio.client.connect``; with TLS, ``ssl`` defaults to a context that
+        trusts the CA, as `ssl_context` does, and offers HTTP/1.1 alone.
         Raises `ServerStateError` if the server is not running.
         """
         if not self.is_running:
             raise ServerStateError(f"{self!r} is not running; call start() before websocket_connect({path!r}).")
         from websockets.asyncio.client import connect
 
-        if self._core.settings.tls is not None:
-            options.setdefault("ssl", self.ssl_context)
+        if (context := self._http1_ssl_context()) is not None:
+            options.setdefault("ssl", context)
         return connect(self.ws_url + (path if path.startswith("/") else "/" + path), **options)
 
     async def wait_idle(self, timeout: float = 5.0) -> None:
@@ -192,11 +193,8 @@ class AsyncTestServer(LiveServer):
             raise ServerStateError(f"{self!r} is already running at {self.base_url}; call stop() first.")
         await bridge.start(self._core)
         if backend == "asyncio":
-            self._client = AsyncTestClient(self.base_url, timeout=self.client_timeout, ssl=self._client_ssl())
+            self._client = AsyncTestClient(self.base_url, timeout=self.client_timeout, ssl=self._http1_ssl_context())
         return self
-
-    def _client_ssl(self) -> Any:
-        return self.ssl_context if self._core.settings.tls is not None else None
 
     async def stop(self, *, shutdown_timeout: float | None = None) -> None:
         """Close the client and everything it opened, then stop the server. Idempotent.

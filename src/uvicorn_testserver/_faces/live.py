@@ -81,6 +81,11 @@ class LiveServer:
         return self._core.settings.host
 
     @property
+    def http2(self) -> bool:
+        """Whether the server offers HTTP/2 (ALPN ``h2`` over TLS, h2c with prior knowledge) beside HTTP/1.1."""
+        return self._core.settings.http2
+
+    @property
     def health_path(self) -> str | None:
         """The path that must answer 2xx before `start()` returns, or None."""
         return self._core.settings.health_path
@@ -153,12 +158,18 @@ class LiveServer:
 
         Verification and hostname checks stay on. Available before `start()` and the
         same object across restarts (the CA lives as long as the server object). Raises
-        `ServerStateError` without ``ssl=True``.
+        `ServerStateError` without ``ssl=True``. An HTTP/2 client such as httpx sets ALPN
+        on the context it is given, which then offers ``h2`` to every client sharing it.
         """
         tls = self._core.client_tls
         if tls is None:
             raise ServerStateError(f"{self!r} has no ssl_context: pass ssl=True to serve HTTPS with a throw-away CA.")
         return tls.client_context()
+
+    def _http1_ssl_context(self) -> ssl_module.SSLContext | None:
+        """With ``ssl=True``: the context of the harness's own HTTP/1.1 clients (see `ServerTLS.http1_context`)."""
+        tls = self._core.settings.tls
+        return tls.http1_context() if tls is not None else None
 
     @property
     def ca_path(self) -> Path:

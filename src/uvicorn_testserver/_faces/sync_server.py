@@ -38,6 +38,9 @@ class UvicornTestServer(LiveServer):
     loop. ``mode="process"`` runs the app, given as an import string, in a child Python
     process (with `env` and `cwd`; `output`, `pid` and `returncode` tell what it did).
     ``ssl=True`` serves HTTPS/WSS with a throw-away CA (`ssl_context`, `ca_path`).
+    ``http2=True`` serves HTTP/2 as well as HTTP/1.1 on the same port (ALPN ``h2`` over TLS,
+    prior-knowledge h2c in cleartext); it needs zttp (the extra ``uvicorn-testserver[http2]``),
+    and raises `ImportError` saying so without it.
     `health_path`, if set, must answer 2xx before `start()` returns. `stop_signal`
     (``"SIGTERM"``, or ``"SIGINT"``) is the signal whose handling `stop()` goes through,
     as under a process manager. Extra keyword
@@ -116,7 +119,8 @@ class UvicornTestServer(LiveServer):
         Blocks until the handshake completes (``open_timeout``, 10 s by default) and
         returns a ``websockets.sync.client.ClientConnection``; use it in a ``with`` block
         so it is closed. `options` go to ``websockets.sync.client.connect``; with TLS,
-        ``ssl`` defaults to `ssl_context`. Pass a timeout to ``recv(timeout=...)``.
+        ``ssl`` defaults to a context that trusts the CA, as `ssl_context` does, and offers
+        HTTP/1.1 alone. Pass a timeout to ``recv(timeout=...)``.
         Raises `ServerStateError` if the server is not running.
         """
         if not self.is_running:
@@ -124,8 +128,8 @@ class UvicornTestServer(LiveServer):
         from websockets.sync.client import connect  # imported on first use: ~40 ms on every import otherwise
 
         url = self.ws_url + (path if path.startswith("/") else "/" + path)
-        if self._core.settings.tls is not None:
-            options.setdefault("ssl", self.ssl_context)
+        if (context := self._http1_ssl_context()) is not None:
+            options.setdefault("ssl", context)
         connection: ClientConnection = connect(url, **options)  # its overloads give Any with **options
         return connection
 

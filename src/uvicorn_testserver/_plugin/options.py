@@ -83,7 +83,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     add(
         "uvicorn_options",
-        "Extra options for the plugin's servers (uvicorn.Config's, or UvicornTestServer's such as ssl), as "
+        "Extra options for the plugin's servers (uvicorn.Config's, or UvicornTestServer's such as ssl or http2), as "
         "key=value (the command-line option --uvicorn-options may be repeated). Values true, false, none and "
         "numbers are converted.",
         ini_type="linelist",
@@ -209,7 +209,7 @@ def check_usage(options: Mapping[str, Any], where: str) -> None:
         )
     try:
         check_options(options)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ImportError) as exc:  # ImportError: a package an option needs (http2=True)
         raise pytest.UsageError(f"{where}: {exc}") from None
 
 
