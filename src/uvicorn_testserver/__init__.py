@@ -24,7 +24,8 @@ from uvicorn_testserver._core.errors import (
     WebSocketClosedError,
 )
 from uvicorn_testserver._core.logs import ServerLog
-from uvicorn_testserver._core.settings import AsyncServerOptions, LogLevel, ServerOptions, ServerURL, UvicornOptions
+from uvicorn_testserver._core.options import AsyncServerOptions, ServerOptions, UvicornOptions
+from uvicorn_testserver._core.settings import LogLevel, ServerURL
 
 if _TYPE_CHECKING:
     from uvicorn_testserver._client.client import AsyncTestClient

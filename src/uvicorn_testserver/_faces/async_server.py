@@ -24,15 +24,9 @@ from uvicorn_testserver._client.client import AsyncTestClient
 from uvicorn_testserver._client.response import DEFAULT_TIMEOUT
 from uvicorn_testserver._core.engine import ServerCore
 from uvicorn_testserver._core.errors import ServerStateError
+from uvicorn_testserver._core.options import AsyncServerOptions, spelled_out
 from uvicorn_testserver._core.run import AnyRun, Launch
-from uvicorn_testserver._core.settings import (
-    AppType,
-    AsyncServerOptions,
-    Mode,
-    ServerSettings,
-    check_seconds,
-    spelled_out,
-)
+from uvicorn_testserver._core.settings import AppType, Mode, ServerSettings, check_seconds
 from uvicorn_testserver._faces import bridge
 from uvicorn_testserver._faces.live import LiveServer, errors_noted_on
 from uvicorn_testserver._runners.loop import LoopRun

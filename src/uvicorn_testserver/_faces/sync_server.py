@@ -8,14 +8,8 @@ from typing import TYPE_CHECKING, Any, Literal, Self, Unpack
 
 from uvicorn_testserver._core.engine import ServerCore
 from uvicorn_testserver._core.errors import ServerStateError
-from uvicorn_testserver._core.settings import (
-    DEFAULTS,
-    AppType,
-    ServerOptions,
-    ServerSettings,
-    check_seconds,
-    spelled_out,
-)
+from uvicorn_testserver._core.options import ServerOptions, spelled_out
+from uvicorn_testserver._core.settings import DEFAULTS, AppType, ServerSettings, check_seconds
 from uvicorn_testserver._faces.live import LiveServer, errors_noted_on
 from uvicorn_testserver._runners.process import ProcessRun
 from uvicorn_testserver._runners.thread import ThreadRun
