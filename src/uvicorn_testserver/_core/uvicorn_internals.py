@@ -72,6 +72,11 @@ from uvicorn_testserver._core.logs import current_log, harness_logger
 __all__ = ["HarnessServer", "StartupFailed", "loop_factory", "make_config"]
 
 
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the caller runs on `loop` (loop mode), where the server's loop can be acted on directly."""
+    return asyncio._get_running_loop() is loop
+
+
 def make_config(app: Any, *, shutdown_timeout: float, options: dict[str, Any]) -> uvicorn.Config:
     """A `uvicorn.Config` that leaves the process's logging alone."""
     options = dict(options)
@@ -132,8 +137,11 @@ class HarnessServer(uvicorn.Server):
         if not value:
             return
         if self._loop is not None and self._exit_event is not None:
-            with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing to wake
-                self._loop.call_soon_threadsafe(self._exit_event.set)
+            if _on_loop(self._loop):
+                self._exit_event.set()
+            else:
+                with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing to wake
+                    self._loop.call_soon_threadsafe(self._exit_event.set)
         if self.on_exit is not None:
             self.on_exit()
 
@@ -152,6 +160,9 @@ class HarnessServer(uvicorn.Server):
         loop = self._loop
         if loop is None or loop.is_closed():
             self.handle_exit(sig, None)  # not serving yet (or any more): nothing runs on a loop
+            return
+        if _on_loop(loop):  # loop mode: already where handle_exit runs
+            self._exit_once(sig)
             return
         with contextlib.suppress(RuntimeError):  # closed meanwhile
             loop.call_soon_threadsafe(self._exit_once, sig)

@@ -68,6 +68,9 @@ class Serving:
             self.cancelled = True  # a task that has not run yet refuses to serve
         loop, task = self.loop, self.task
         if loop is not None and task is not None:
+            if self.thread_id == threading.get_ident():  # loop mode: on the server's loop already
+                self._cancel_task(task, only_while_starting)
+                return
             with contextlib.suppress(RuntimeError):  # the loop is already closed
                 loop.call_soon_threadsafe(self._cancel_task, task, only_while_starting)
 
