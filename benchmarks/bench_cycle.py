@@ -28,7 +28,7 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from _common import loop_mode_cycles, naive_thread_server, print_table, sample, summary, write_json
-from uvicorn_testserver import UvicornTestServer
+from uvicorn_testserver import AsyncTestServer, UvicornTestServer
 
 
 async def hello(request: object) -> PlainTextResponse:
@@ -121,6 +121,31 @@ def test_cycle_aiohttp() -> float:
     return time.perf_counter() - started
 
 
+def async_test_cycle(mode: str, http: str) -> float:
+    """An async test's worth of work: asyncio.run of AsyncTestServer(mode=...) start, one GET with its own
+    aiohttp session (the client aiohttp's row uses), stop."""
+
+    async def cycle() -> None:
+        async with (
+            AsyncTestServer(app, mode=mode, http=http) as server,
+            aiohttp.ClientSession() as session,
+            session.get(server.url("/")) as response,
+        ):
+            assert await response.text() == "hello"
+
+    started = time.perf_counter()
+    asyncio.run(cycle())
+    return time.perf_counter() - started
+
+
+def has_httptools() -> bool:
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def request_rate_requests(base_url: str, count: int) -> float:
     with requests.Session() as session:
         session.get(base_url).raise_for_status()  # open the keep-alive connection
@@ -158,6 +183,12 @@ def main() -> None:
     test_cycles: dict[str, list[float]] = {"harness": [], "aiohttp": []}
     phases: dict[str, list[float]] = {"start": [], "request": [], "stop": []}
     round_ratios: list[float] = []
+    https = ("h11", "httptools") if has_httptools() else ("h11",)
+    async_cases = ["aiohttp"] + [f"{mode}/{http}" for http in https for mode in ("loop", "thread")]
+    async_cycles: dict[str, list[float]] = {case: [] for case in async_cases}
+    async_ratios: dict[str, list[float]] = {
+        f"{kind}/{http}": [] for http in https for kind in ("loop vs aiohttp", "thread vs loop")
+    }
     rates: dict[str, list[float]] = {
         f"{server}/{client}": [] for server in ("harness", "bare") for client in ("requests", "aiohttp")
     }
@@ -165,6 +196,8 @@ def main() -> None:
     for _ in range(5):  # warm both
         test_cycle_harness({"start": [], "request": [], "stop": []})
         test_cycle_aiohttp()
+        async_test_cycle("loop", "h11")
+        async_test_cycle("thread", "h11")
     for round_number in range(rounds):
         # A test's worth of work, interleaved case by case within the round.
         harness_round, aiohttp_round = [], []
@@ -174,6 +207,21 @@ def main() -> None:
         test_cycles["harness"] += harness_round
         test_cycles["aiohttp"] += aiohttp_round
         round_ratios.append(statistics.median(harness_round) / statistics.median(aiohttp_round))
+        # The async faces against aiohttp's in-loop TestServer, the same client, interleaved case by case.
+        async_round: dict[str, list[float]] = {case: [] for case in async_cases}
+        for _ in range(fast):
+            for case in async_cases:
+                if case == "aiohttp":
+                    async_round[case].append(test_cycle_aiohttp())
+                else:
+                    mode, http = case.split("/")
+                    async_round[case].append(async_test_cycle(mode, http))
+        medians_now = {case: statistics.median(values) for case, values in async_round.items()}
+        for http in https:
+            async_ratios[f"loop vs aiohttp/{http}"].append(medians_now[f"loop/{http}"] / medians_now["aiohttp"])
+            async_ratios[f"thread vs loop/{http}"].append(medians_now[f"thread/{http}"] / medians_now[f"loop/{http}"])
+        for case, values in async_round.items():
+            async_cycles[case] += values
         cycles["harness"] += sample(cycle_harness, fast)
         cycles["loop"] += loop_mode_cycles(loop, app, fast)
         cycles["process"] += sample(cycle_process, slow)
@@ -236,6 +284,25 @@ def main() -> None:
             ]
         ],
     )
+    async_stats = {case: summary(values) for case, values in async_cycles.items()}
+    async_labels = {
+        "aiohttp": "aiohttp TestServer (in-loop, baseline)",
+        **{f"loop/{http}": f"AsyncTestServer(mode='loop'), http={http}" for http in https},
+        **{f"thread/{http}": f"AsyncTestServer (thread mode), http={http}" for http in https},
+    }
+    print_table(
+        "An async test's worth of work: asyncio.run, start, one GET with its own aiohttp session, stop",
+        ["contender", "runs", "median ms", "p10 ms", "p90 ms"],
+        [[async_labels[case], *_row(stats)] for case, stats in async_stats.items()],
+    )
+    print_table(
+        "Their ratios, per round (median of the per-round medians; min, max)",
+        ["ratio", "median", "min", "max"],
+        [
+            [name.replace("/", ", http="), statistics.median(values), min(values), max(values)]
+            for name, values in async_ratios.items()
+        ],
+    )
     medians = {name: sorted(values)[len(values) // 2] for name, values in rates.items()}
     print_table(
         "Requests per second over one keep-alive connection (higher is better)",
@@ -257,6 +324,8 @@ def main() -> None:
             "test_cycles": test_stats,
             "test_cycle_phases_ms": {name: statistics.median(values) * 1000 for name, values in phases.items()},
             "test_cycle_round_ratios": round_ratios,
+            "async_test_cycles": async_stats,
+            "async_round_ratios": async_ratios,
             "request_rates": rates,
             "request_rate_medians": medians,
         },

@@ -99,6 +99,7 @@ _ACCEPT_ITERATIONS = 2
 class _Ready(Protocol):
     """Where `HarnessServer.serve_on` reports readiness: a concurrent or an asyncio future."""
 
+    def done(self) -> bool: ...
     def set_result(self, result: None, /) -> None: ...
     def set_exception(self, exception: BaseException, /) -> None: ...
 
@@ -265,9 +266,11 @@ class HarnessServer(uvicorn.Server):
         try:
             await self.start(sock)
         except StartupFailed as exc:
-            ready.set_exception(exc)
+            if not ready.done():  # (an awaited one is cancelled with the start that gave up on it)
+                ready.set_exception(exc)
             return
-        ready.set_result(None)
+        if not ready.done():
+            ready.set_result(None)
         await self.serve_until_exit(sock)
 
     async def serve_until_exit(self, sock: socket.socket) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import math
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -99,7 +100,7 @@ async def _drive(core: ServerCore, steps: Steps, *, abandon_on_cancel: bool) -> 
             break
         while True:
             try:
-                with anyio.CancelScope(shield=cancelled is not None):
+                with anyio.CancelScope(shield=True) if cancelled is not None else contextlib.nullcontext():
                     send, value = steps.send, await _perform(core, step)
             except anyio.get_cancelled_exc_class() as exc:
                 if cancelled is None and abandon_on_cancel:
@@ -111,12 +112,21 @@ async def _drive(core: ServerCore, steps: Steps, *, abandon_on_cancel: bool) -> 
             except BaseException as exc:  # noqa: BLE001 - handed to the steps
                 send, value = steps.throw, exc
             break
-    if cancelled is None:  # one asked while the last wait was ending still counts: the caller has not resumed
+    if cancelled is None and _cancel_asked():  # one asked as the last wait ended: the caller has not resumed yet
         try:
             await anyio.lowlevel.checkpoint()
         except anyio.get_cancelled_exc_class() as exc:
             cancelled = exc
     return cancelled
+
+
+def _cancel_asked() -> bool:
+    """Whether the calling task has a cancellation coming at its next checkpoint (no checkpoint is taken)."""
+    if sniffio.current_async_library() == "asyncio":
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():  # a native cancel()
+            return True
+    return anyio.current_effective_deadline() == -math.inf  # an enclosing cancel scope was cancelled
 
 
 async def _perform(core: ServerCore, step: Step) -> Any:

@@ -44,11 +44,13 @@ class LoopRun(ServingRun):
         self._ended.set_result(crash)
 
     async def wait_ready(self, timeout: float) -> bool:
-        assert self._task is not None
-        await asyncio.wait({self._ready, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        if not self._ready.done():
+        # Awaited directly, one hop: the serving task sets it, or its end does (`_task_done`). A caller that
+        # gives up (the deadline, a cancellation) cancels it, and the serving task leaves it so.
+        try:
+            async with asyncio.timeout(timeout):
+                await self._ready  # raises StartupFailed
+        except TimeoutError:
             return False
-        self._ready.result()  # raises StartupFailed
         return True
 
     async def wait_ended(self, timeout: float) -> bool:

@@ -48,7 +48,8 @@ class Serving:
         """The task's body: serve until asked to stop. Reports a start that failed through `ready`."""
         self.loop, self.task, self.thread_id = asyncio.get_running_loop(), asyncio.current_task(), threading.get_ident()
         if self.cancelled:  # the start was abandoned before this loop ran
-            self.ready.set_exception(StartupFailed("the start was abandoned before the server's loop ran"))
+            if not self.ready.done():
+                self.ready.set_exception(StartupFailed("the start was abandoned before the server's loop ran"))
             return
         with capture_into(self.log):
             await self.server.serve_on(self.sock, self.ready)
