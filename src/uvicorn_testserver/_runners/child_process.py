@@ -151,7 +151,7 @@ class ForkedChild:
         deadline = None if timeout is None else time.monotonic() + timeout
         while (code := self.poll()) is None:
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
+            if (remaining is not None and remaining <= 0) or self._pidfd < 0:  # released: nothing to wait on
                 raise subprocess.TimeoutExpired(f"child process {self.pid}", timeout or 0.0)
             # The template closes the status socket after the exit code: readable until the handle is released.
             with contextlib.suppress(OSError, ValueError):

@@ -45,7 +45,7 @@ from uvicorn_testserver._core.logs import (
 )
 from uvicorn_testserver._core.run import FORCE_GRACE, Launch, done_within
 from uvicorn_testserver._core.uvicorn_internals import StartupFailed
-from uvicorn_testserver._runners.child_process import ChildProcess, start_child
+from uvicorn_testserver._runners.child_process import EXIT_UNKNOWN, ChildProcess, start_child
 from uvicorn_testserver._runners.coverage import ChildCoverage
 
 __all__ = ["EXIT_FORCED", "EXIT_STARTUP_FAILED", "ChildAppError", "ProcessRun"]
@@ -353,6 +353,8 @@ class ProcessRun:
         if self._died_while_serving:
             return f"exited with code {code} while serving, before stop() asked it to.", None
         if code not in (None, 0, EXIT_STARTUP_FAILED) and self._started():
+            if code == EXIT_UNKNOWN and self._stopped.is_set():
+                return None  # it said it stopped; its exit code went with the template process that forked it
             return f"exited with code {code} while stopping.", None
         return None
 
