@@ -3,9 +3,9 @@
 A fresh interpreter (*spawn*: ``python -m uvicorn_testserver._runners.child``) pays for
 the interpreter's start and the imports of uvicorn and this library, a few hundred
 milliseconds per server. So the first process-mode start of a test process starts a
-*template* (`uvicorn_testserver._runners.template`) that has imported them once, and every
-start forks one child from it, as `multiprocessing`'s forkserver does; only the app is
-imported per child. The forked child is a process of its own, in a session of its own,
+*template* (`uvicorn_testserver._runners.template`) that has imported them (and Starlette,
+a dependency of this library) once, and every start forks one child from it, as
+`multiprocessing`'s forkserver does; only what the app imports besides is imported per child. The forked child is a process of its own, in a session of its own,
 signalled directly (through a pidfd) and reaped by the template, which reports its exit
 code here.
 

@@ -2,8 +2,8 @@
 
 A test process starts one (see `uvicorn_testserver._runners.child_process`). It imports
 what every child needs once (uvicorn with the modules its default options load, asyncio,
-this library, coverage if the test process measures it, the modules named in
-``UVICORN_TESTSERVER_PRELOAD``), then forks one child per server. It never starts a
+this library, Starlette's core, coverage if the test process measures it, the modules
+named in ``UVICORN_TESTSERVER_PRELOAD``), then forks one child per server. It never starts a
 thread or an event loop, so it is always forked single-threaded; it checks that its
 preloads did not start one either.
 
@@ -51,6 +51,8 @@ from uvicorn_testserver._runners import child
 
 # sys.path as the interpreter set it up, before the test process's entries: where a forked child starts from.
 _STARTUP_PATH = list(sys.path)
+# Starlette is a dependency of this library (its demo app) and the base of FastAPI: most apps import these.
+_STARLETTE = ("starlette.applications", "starlette.requests", "starlette.responses", "starlette.routing")
 _FORK_FDS = 4
 # A failure in a forked child before it could become one (it must never return into the template's loop).
 _EXIT_NOT_BORN = 71
@@ -157,6 +159,9 @@ def warm_up(hello: dict[str, Any]) -> dict[str, Any]:
         if entry not in sys.path:
             sys.path.insert(1, entry)  # as the child does: the preloads import from where the test process does
     import_serving_modules()
+    for name in _STARLETTE:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
     if hello.get("coverage"):
         importlib.import_module("coverage")  # imported, not started: each child measures its own run
     for name in hello.get("preload", []):
