@@ -5,19 +5,21 @@
     uv run python benchmarks/bench_process.py --no-load     # the cycles only
 
 The cycle is what a test pays: construct, start, one GET on a fresh connection
-(``http.client``), stop. The app's module imports only Starlette
-(``bench_versions_app.py``). Four cases, each in a worker process of its own (the template
+(``http.client``), stop. Each case runs in a worker process of its own (the template
 belongs to its test process), asked in turn for a batch of cycles, the order rotated
 every round so a trend in machine load favours none:
 
 * thread mode, for scale;
 * process mode with ``UVICORN_TESTSERVER_PROCESS_START=spawn``: a fresh interpreter per child;
 * process mode with the template (the default);
-* the template with ``UVICORN_TESTSERVER_PRELOAD`` naming the Starlette modules the app imports.
 
+with an app whose module imports only Starlette (``bench_versions_app.py``), and with a
+FastAPI app (``bench_process_fastapi_app.py``), also with ``UVICORN_TESTSERVER_PRELOAD`` naming
+what its import costs besides.
 Each worker's first cycle (imports; the template's start) is reported apart: what the
 first process-mode server of a test process costs. Reported: each case's median of the
-per-round medians, p10/p90 over all cycles, and the per-round ratio to spawn.
+per-round medians, p10/p90 over all cycles, and the median of the per-round ratios
+spawn / this case for the same app (how many times faster than spawn).
 
 The load: in thread mode the server shares the test process's GIL with the client that
 loads it; in process mode it has its own interpreter (and, on a multi-core machine, its
@@ -51,17 +53,34 @@ from _common import print_table, summary, write_json
 from uvicorn_testserver import UvicornTestServer
 
 HERE = Path(__file__).resolve().parent
-CYCLE_APP = "bench_versions_app:app"
-PRELOAD = "starlette.applications,starlette.responses,starlette.routing"
-#: case: (mode, extra environment of its worker)
-CASES: dict[str, tuple[str, dict[str, str]]] = {
-    "thread": ("thread", {}),
-    "process, spawn": ("process", {"UVICORN_TESTSERVER_PROCESS_START": "spawn"}),
-    "process, template": ("process", {"UVICORN_TESTSERVER_PROCESS_START": "template"}),
-    "process, template + preload": (
+STARLETTE_APP = "bench_versions_app:app"
+FASTAPI_APP = "bench_process_fastapi_app:app"
+# What the FastAPI app's import costs besides Starlette (found with `python -X importtime`): FastAPI imports
+# pydantic.v1 only when the app declares its first route.
+FASTAPI_PRELOAD = "fastapi,pydantic.v1"
+SPAWN = {"UVICORN_TESTSERVER_PROCESS_START": "spawn"}
+TEMPLATE = {"UVICORN_TESTSERVER_PROCESS_START": "template"}
+#: case: (mode, app, extra environment of its worker, the spawn case of the same app)
+CASES: dict[str, tuple[str, str, dict[str, str], str]] = {
+    "thread, Starlette": ("thread", STARLETTE_APP, {}, "process spawn, Starlette"),
+    "process spawn, Starlette": ("process", STARLETTE_APP, SPAWN, "process spawn, Starlette"),
+    "process template, Starlette": ("process", STARLETTE_APP, TEMPLATE, "process spawn, Starlette"),
+    "process spawn, FastAPI": ("process", FASTAPI_APP, SPAWN, "process spawn, FastAPI"),
+    "process template, FastAPI": ("process", FASTAPI_APP, TEMPLATE, "process spawn, FastAPI"),
+    "process template + preload, FastAPI": (
         "process",
-        {"UVICORN_TESTSERVER_PROCESS_START": "template", "UVICORN_TESTSERVER_PRELOAD": PRELOAD},
+        FASTAPI_APP,
+        {**TEMPLATE, "UVICORN_TESTSERVER_PRELOAD": FASTAPI_PRELOAD},
+        "process spawn, FastAPI",
     ),
+}
+BATCH = {
+    "thread, Starlette": 20,
+    "process spawn, Starlette": 3,
+    "process template, Starlette": 10,
+    "process spawn, FastAPI": 2,
+    "process template, FastAPI": 3,
+    "process template + preload, FastAPI": 10,
 }
 
 
@@ -85,10 +104,10 @@ def server(mode: str) -> UvicornTestServer:
     return UvicornTestServer(app)
 
 
-def cycle(mode: Literal["thread", "process"]) -> float:
-    """One start + GET + stop of the cycle app in `mode`; its duration in seconds."""
+def cycle(mode: Literal["thread", "process"], app: str) -> float:
+    """One start + GET + stop of `app` in `mode`; its duration in seconds."""
     started = time.perf_counter()
-    with UvicornTestServer(CYCLE_APP, mode=mode) as running:
+    with UvicornTestServer(app, mode=mode) as running:
         connection = http.client.HTTPConnection(running.host, running.port, timeout=30)
         connection.request("GET", "/")
         assert connection.getresponse().read() == b"hello"
@@ -96,20 +115,20 @@ def cycle(mode: Literal["thread", "process"]) -> float:
     return time.perf_counter() - started
 
 
-def worker(mode: str) -> None:
+def worker(mode: str, app: str) -> None:
     """Read ``COUNT`` lines; answer each with the JSON list of that many cycle durations in seconds."""
     logging.getLogger("uvicorn").setLevel(logging.WARNING)
     served: Literal["thread", "process"] = "process" if mode == "process" else "thread"
     for line in sys.stdin:
-        print(json.dumps([cycle(served) for _ in range(int(line))]), flush=True)
+        print(json.dumps([cycle(served, app) for _ in range(int(line))]), flush=True)
 
 
 class Worker:
     """A test process of its own running one case's cycles on request."""
 
-    def __init__(self, mode: str, env: dict[str, str]) -> None:
+    def __init__(self, mode: str, app: str, env: dict[str, str]) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--worker", mode],
+            [sys.executable, __file__, "--worker", mode, app],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -133,7 +152,7 @@ class Worker:
 
 
 def measure_cycles(rounds: int, batch: dict[str, int]) -> dict[str, Any]:
-    workers = {name: Worker(mode, env) for name, (mode, env) in CASES.items()}
+    workers = {name: Worker(mode, app, env) for name, (mode, app, env, _) in CASES.items()}
     try:
         first = {name: one.cycles(1)[0] for name, one in workers.items()}
         per_round: dict[str, list[float]] = {name: [] for name in CASES}
@@ -174,20 +193,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer rounds, for a smoke run")
     parser.add_argument("--no-load", action="store_true", help="measure the cycles only")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=2, metavar=("MODE", "APP"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker)
+        worker(*args.worker)
         return
     rounds, seconds = (2, 0.5) if args.quick else (10, 2.0)
-    batch = {"thread": 20, "process, spawn": 3, "process, template": 6, "process, template + preload": 10}
-    if args.quick:
-        batch = {name: max(1, count // 3) for name, count in batch.items()}
+    batch = {name: max(1, count // 3) for name, count in BATCH.items()} if args.quick else BATCH
     cycles = measure_cycles(rounds, batch)
-    per_round, spawn = cycles["per_round_medians_s"], cycles["per_round_medians_s"]["process, spawn"]
+    per_round = cycles["per_round_medians_s"]
     rows = []
     for name, medians in per_round.items():
-        ratios = [one / other for one, other in zip(medians, spawn, strict=True)]
+        spawn = per_round[CASES[name][3]]
+        speedups = [slow / fast for slow, fast in zip(spawn, medians, strict=True)]
         stats = summary(cycles["durations_s"][name])
         rows.append(
             [
@@ -196,14 +214,14 @@ def main() -> None:
                 statistics.median(medians) * 1000,
                 stats["p10_ms"],
                 stats["p90_ms"],
-                statistics.median(ratios),
-                f"{min(ratios):.2f} to {max(ratios):.2f}",
+                statistics.median(speedups),
+                f"{min(speedups):.1f} to {max(speedups):.1f}",
                 cycles["first_cycle_s"][name] * 1000,
             ]
         )
     print_table(
         "Start + GET + stop cycle (medians of per-round medians; lower is better)",
-        ["case", "cycles", "median ms", "p10 ms", "p90 ms", "/ spawn", "per-round range", "first cycle ms"],
+        ["case", "cycles", "median ms", "p10 ms", "p90 ms", "spawn / this", "per-round range", "first cycle ms"],
         rows,
     )
     result: dict[str, Any] = {"cpus": os.cpu_count(), "rounds": rounds, "batch": batch, "cycles": cycles}
