@@ -176,7 +176,10 @@ def test_the_real_signal_reaches_the_serving_process(start_method: str, tmp_path
     pid = server.pid
     assert pid is not None
     os.kill(pid, signal.SIGTERM)  # as a process manager would: uvicorn's own handler stops it
-    assert gone(pid)
+    deadline = time.monotonic() + 15
+    while server.is_running and time.monotonic() < deadline:  # exact: /proc shows Z before its threads ended
+        time.sleep(0.01)
+    assert not server.is_running
     with pytest.raises(ServerShutdownError, match=r"exited with code 0 while serving, before stop\(\) asked it to"):
         server.stop()
     assert marker.read_text() == f"lifespan shutdown ran in {pid}"
@@ -248,6 +251,24 @@ def test_a_template_that_cannot_be_used_falls_back_to_spawn_with_one_warning(
     assert f"Set {START_ENV}=spawn" in warning
     assert re.search(reason, warning), warning
     assert runs[1]["warnings"] == []  # said once
+
+
+def test_a_start_does_not_wait_long_for_a_template_still_importing(tmp_path: Path) -> None:
+    (tmp_path / "apps_slow_import.py").write_text("import time\ntime.sleep(4)\n")
+    answer = run_script(
+        """
+        with ProcessServer("apps_process:app", startup_timeout=2) as first:  # waits 1 s for the template
+            spawned = ppid(first)
+        with ProcessServer("apps_process:app") as second:  # waits until it is ready
+            forked = ppid(second)
+        records = first.log.records + second.log.records
+        warnings = [r.getMessage() for r in records if r.name == "uvicorn_testserver"]
+        print(json.dumps({"pid": os.getpid(), "spawned": spawned, "forked": forked, "warnings": warnings}))
+        """,
+        env={PRELOAD_ENV: "apps_slow_import", "PYTHONPATH": str(tmp_path)},
+    )
+    assert answer["spawned"] == answer["pid"] != answer["forked"]
+    assert answer["warnings"] == []  # a slow template is no failure
 
 
 def test_a_template_killed_under_its_children_leaves_them_stoppable_then_spawn() -> None:

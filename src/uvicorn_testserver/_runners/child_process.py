@@ -3,18 +3,18 @@
 A fresh interpreter (*spawn*: ``python -m uvicorn_testserver._runners.child``) pays for
 the interpreter's start and the imports of uvicorn and this library, a few hundred
 milliseconds per server. So the first process-mode start of a test process starts a
-*template* (`uvicorn_testserver._runners.template`) that has imported them (and Starlette,
-a dependency of this library) once, and every start forks one child from it, as
-`multiprocessing`'s forkserver does; only what the app imports besides is imported per child. The forked child is a process of its own, in a session of its own,
-signalled directly (through a pidfd) and reaped by the template, which reports its exit
-code here.
+*template* (`uvicorn_testserver._runners.template`) that imports them (and Starlette, a
+dependency of this library) once, and every start forks one child from it, as
+`multiprocessing`'s forkserver does: a child imports only what the app needs besides.
+The forked child is a process of its own, in a session of its own, signalled directly
+(through a pidfd) and reaped by the template, which reports its exit code here.
 
 What a child gets from where: the environment, working directory and ``sys.path`` are
 the test process's at the start (with ``env=`` and ``cwd=`` applied), set in the child
 before it imports anything for the app, so a change the test made after the template
-started reaches it. The interpreter itself, and what it read at its own start
-(``PYTHON*``, ``LC_*``/``LANG``, ``LD_*``), and the preloaded modules, are the template's:
-a start whose variables of that kind differ from the template's spawns instead.
+started reaches it. The interpreter, what it read as it started (``PYTHON*``,
+``LC_*``/``LANG``, ``LD_*``) and the preloaded modules are the template's: a start whose
+variables of that kind differ from the template's spawns instead.
 
 `start_child` picks the way for each start:
 
@@ -23,6 +23,8 @@ a start whose variables of that kind differ from the template's spawns instead.
   ``COVERAGE_PROCESS_START``/``COVERAGE_PROCESS_CONFIG`` (the interpreter measures
   itself from its start), the variables above differ, or coverage is measured and the
   template preloaded modules of the user's (their import would not be measured);
+* spawn while the template is still importing after half the start's ``startup_timeout``
+  (10 s at most; it goes on, for the next start);
 * spawn, from then on, once the template has failed (it could not start, its
   preloads failed or started a thread, it died): said once, as a warning in the log.
 
@@ -79,6 +81,9 @@ EXIT_UNKNOWN = 255
 _STARTUP_PREFIXES = ("PYTHON", "LC_", "LD_", "COVERAGE_PROCESS_")
 _STARTUP_NAMES = frozenset({"LANG"})
 _TEMPLATE_CLOSE_WAIT = 5.0
+_TEMPLATE_WAIT = 10.0
+# How long the template may take to import everything before it is given up (a loaded CI machine is slow).
+_TEMPLATE_START_LIMIT = 60.0
 _MESSAGE_SIZE = 65536
 
 
@@ -190,12 +195,14 @@ class _Template:
         self.process = process
         self.startup_env = _startup_variables(os.environ)
         self.preloaded = preloaded
+        self.ready = False
+        self._started_at = time.monotonic()
         self._conn = conn
         self._lock = threading.Lock()
 
     @classmethod
-    def start(cls, *, coverage: bool, timeout: float) -> _Template:
-        """Start the template and wait until it has imported everything; raise `_TemplateGone` if it cannot."""
+    def launch(cls, *, coverage: bool) -> _Template:
+        """Start the template process and tell it what to import; raise `_TemplateGone` if it cannot start."""
         preload = [] if coverage else _preload_list()  # while measuring, the app's modules are imported in the child
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         command = [sys.executable, "-m", "uvicorn_testserver._runners.template", "--fd", str(theirs.fileno())]
@@ -214,22 +221,35 @@ class _Template:
         finally:
             theirs.close()
         template = cls(process, ours, preload)
+        hello = {"sys_path": [os.path.abspath(entry) for entry in sys.path], "preload": preload, "coverage": coverage}
         try:
-            hello = {"sys_path": [os.path.abspath(entry) for entry in sys.path], "preload": preload}
-            ours.sendall(json.dumps({**hello, "coverage": coverage}).encode())
-            answer = _receive(ours, timeout)
+            ours.sendall(json.dumps(hello).encode())
         except OSError as exc:
             template.close()
             raise _TemplateGone(f"it could not be reached: {exc}") from exc
-        if answer is None or "ready" not in answer:
-            template.close()
-            if answer is None:
-                code = process.poll()
-                raise _TemplateGone(
-                    f"it was not ready within {timeout}s" if code is None else f"it exited with code {code}"
-                )
-            raise _TemplateGone(str(answer.get("failed", answer)))
         return template
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait up to `timeout` until the template has imported everything: False if it is still importing; raise
+        `_TemplateGone` if it failed, exited, or is not ready `_TEMPLATE_START_LIMIT` after it started."""
+        if self.ready:
+            return True
+        limit = self._started_at + _TEMPLATE_START_LIMIT - time.monotonic()
+        try:
+            answer = _receive(self._conn, max(0.0, min(timeout, limit)))
+        except OSError as exc:
+            answer = {"failed": f"it could not be reached: {exc}"}
+        if answer is None:
+            code = self.process.poll()
+            if code is None and time.monotonic() - self._started_at < _TEMPLATE_START_LIMIT:
+                return False
+            late = f"it was not ready {_TEMPLATE_START_LIMIT:.0f}s after it started"
+            answer = {"failed": late if code is None else f"it exited with code {code} as it started"}
+        if "ready" not in answer:
+            self.close()
+            raise _TemplateGone(str(answer.get("failed", answer)))
+        self.ready = True
+        return True
 
     def is_alive(self) -> bool:
         return self.process.poll() is None
@@ -307,17 +327,20 @@ class _Templates:
         self._failed = ""
 
     def get(self, *, coverage: bool, timeout: float, log: ServerLog) -> _Template | None:
+        """The template, started on first use, once it is ready; None if it is not ready within `timeout` (it
+        goes on importing for a later start) or cannot be used (said once in `log`)."""
         with self._lock:
             if self._failed:
                 return None
-            if self._template is None:
-                try:
-                    self._template = _Template.start(coverage=coverage, timeout=timeout)
-                except _TemplateGone as exc:
-                    self._give_up(str(exc), log)
-                    return None
-                atexit.register(self.close)
-            return self._template
+            try:
+                if self._template is None:
+                    self._template = _Template.launch(coverage=coverage)
+                    atexit.register(self.close)
+                return self._template if self._template.wait_ready(timeout) else None
+            except _TemplateGone as exc:
+                self._template = None
+                self._give_up(str(exc), log)
+                return None
 
     def failed(self, template: _Template, reason: str, log: ServerLog) -> None:
         with self._lock:
@@ -368,7 +391,9 @@ def start_child(
     settings = launch.settings
     env = {**os.environ, **(settings.env or {})}
     if start_method() == "template" and _can_fork() and not _measures_itself(os.environ):
-        template = _templates.get(coverage=coverage, timeout=settings.startup_timeout, log=launch.log)
+        # A template still importing after half the start's time (10 s at most): this child is spawned.
+        wait = min(settings.startup_timeout / 2, _TEMPLATE_WAIT)
+        template = _templates.get(coverage=coverage, timeout=wait, log=launch.log)
         if (
             template is not None
             and _startup_variables(env) == template.startup_env
