@@ -1,4 +1,5 @@
-"""The child process of ``mode="process"``: ``python -m uvicorn_testserver._runners.child``.
+"""The child process of ``mode="process"``: ``python -m uvicorn_testserver._runners.child``, or `run`
+in a child forked from the template process (`uvicorn_testserver._runners.template`).
 
 The parent passes two inherited file descriptors: the listening socket it bound, and
 one end of a socket pair, the *control channel*. Over the channel the parent sends one

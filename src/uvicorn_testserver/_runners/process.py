@@ -1,8 +1,10 @@
 """``mode="process"``: the app runs in a child Python process; the parent keeps the lifecycle.
 
 The core binds the listening socket (so the port is race-free, as in every mode), and
-`ProcessRun` passes its descriptor to ``python -m uvicorn_testserver._runners.child`` with one
-end of a socket pair, the control channel (see `uvicorn_testserver._runners.child`).
+`ProcessRun` passes its descriptor to the child with one end of a socket pair, the
+control channel (see `uvicorn_testserver._runners.child`). The child is forked from the
+warm template process, or spawned as ``python -m uvicorn_testserver._runners.child``
+(see `uvicorn_testserver._runners.child_process`); either way it is the same child.
 Readiness, startup failures, log records and the app's unhandled exceptions come back
 over the channel; a ping over it settles the child's loop so `errors` are complete.
 The child's stdout and stderr (merged) are drained by a thread into a bounded buffer,
