@@ -1,4 +1,4 @@
-"""The app bench_versions.py serves, importable by every mode (a child process too)."""
+"""The app bench_versions.py and bench_process.py serve, importable by every mode (a child process too)."""
 
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse

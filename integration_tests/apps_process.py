@@ -32,11 +32,17 @@ async def whoami(request: Request) -> JSONResponse:
     return JSONResponse(
         {
             "pid": os.getpid(),
+            "ppid": os.getppid(),
+            "sid": os.getsid(0),
             "hits": hits,
             "cwd": os.getcwd(),
             "greeting": os.environ.get("APP_GREETING"),
         }
     )
+
+
+async def environ(request: Request) -> JSONResponse:
+    return JSONResponse({"environ": dict(os.environ), "sys_path": sys.path})
 
 
 async def boom(request: Request) -> PlainTextResponse:
@@ -64,7 +70,13 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
         Path(marker).write_text(f"lifespan shutdown ran in {os.getpid()}")  # noqa: ASYNC240 - tiny, at shutdown
 
 
-ROUTES = [Route("/", whoami), Route("/boom", boom), Route("/block", block), WebSocketRoute("/ws", echo)]
+ROUTES = [
+    Route("/", whoami),
+    Route("/environ", environ),
+    Route("/boom", boom),
+    Route("/block", block),
+    WebSocketRoute("/ws", echo),
+]
 app = Starlette(routes=ROUTES, lifespan=lifespan)
 
 

@@ -61,8 +61,13 @@ def _covered(output: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-@pytest.mark.parametrize("mode", ["thread", "loop", "process"])
-def test_the_live_servers_lines_are_covered_in_each_mode(pytester: pytest.Pytester, mode: str) -> None:
+@pytest.mark.parametrize("mode", ["thread", "loop", "process", "process-spawn"])
+def test_the_live_servers_lines_are_covered_in_each_mode(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    if mode == "process-spawn":  # a child in a fresh interpreter, not forked from the template
+        monkeypatch.setenv("UVICORN_TESTSERVER_PROCESS_START", "spawn")
+        mode = "process"
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     pytester.makepyfile(served_app=APP, test_served=TESTS)
     selected = {"thread": "test_sync[thread]", "process": "test_sync[process]", "loop": "test_loop"}[mode]
@@ -73,6 +78,19 @@ def test_the_live_servers_lines_are_covered_in_each_mode(pytester: pytest.Pytest
     statements, missed = _covered(result.stdout.str())
     assert (statements, missed) == (statements, 0), result.stdout.str()
     assert "never imported" not in result.stdout.str() + result.stderr.str()
+
+
+def test_a_preloaded_app_module_is_still_measured_from_its_import(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # While coverage measures, the template imports none of the user's modules: the child imports the app.
+    monkeypatch.setenv("UVICORN_TESTSERVER_PRELOAD", "served_app")
+    pytester.makepyfile(served_app=APP, test_served=TESTS)
+    result = pytester.runpytest_subprocess(
+        "--cov=served_app", "--cov-report=term-missing", "-k", "test_sync and process"
+    )
+    result.assert_outcomes(passed=1)
+    assert _covered(result.stdout.str())[1] == 0, result.stdout.str()
 
 
 def test_process_mode_is_covered_under_xdist(pytester: pytest.Pytester) -> None:

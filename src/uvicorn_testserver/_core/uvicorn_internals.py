@@ -69,7 +69,7 @@ except ImportError as exc:  # a release outside the supported range: say which, 
 from uvicorn_testserver._core.app_errors import AppErrorRecorder, AppErrorSink, InFlight
 from uvicorn_testserver._core.logs import current_log, harness_logger
 
-__all__ = ["HarnessServer", "StartupFailed", "loop_factory", "make_config"]
+__all__ = ["HarnessServer", "StartupFailed", "import_serving_modules", "loop_factory", "make_config"]
 
 
 def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
@@ -466,8 +466,20 @@ def loop_factory(config: uvicorn.Config) -> Callable[[], asyncio.AbstractEventLo
         ) from exc
 
 
+def import_serving_modules() -> None:
+    """Import what a server with uvicorn's default options loads as it starts, without starting one.
+
+    For a process that forks servers later (process mode's template): uvicorn imports its
+    protocol, lifespan and loop modules in ``Config.load`` and when it resolves the loop. No
+    event loop is created, no thread started, logging left alone.
+    """
+    config = make_config(_no_app, shutdown_timeout=1.0, options={})
+    config.load()
+    loop_factory(config)
+
+
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
-    raise RuntimeError("placeholder app used only to resolve a loop factory")
+    raise RuntimeError("placeholder app, never served: it only resolves what serving imports")
 
 
 def _describe_load_failure(config: uvicorn.Config, exc: Exception) -> str:

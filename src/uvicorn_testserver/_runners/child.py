@@ -1,4 +1,5 @@
-"""The child process of ``mode="process"``: ``python -m uvicorn_testserver._runners.child``.
+"""The child process of ``mode="process"``: ``python -m uvicorn_testserver._runners.child``, or `run`
+in a child forked from the template process (`uvicorn_testserver._runners.template`).
 
 The parent passes two inherited file descriptors: the listening socket it bound, and
 one end of a socket pair, the *control channel*. Over the channel the parent sends one
@@ -222,9 +223,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--listen-fd", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True)
     args = parser.parse_args(argv)
+    return run(args.listen_fd, args.control_fd)
+
+
+def run(listen_fd: int, control_fd: int, prepare: Callable[[dict[str, Any]], str | None] | None = None) -> int:
+    """Read the configuration from the parent, then serve; return the exit code.
+
+    A child forked from the template passes `prepare`, which gives it the parent's environment, working
+    directory and ``sys.path`` of this start before anything is imported for the app (or returns why not).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    control = socket.socket(fileno=args.control_fd)
-    listener = socket.socket(fileno=args.listen_fd)
+    control = socket.socket(fileno=control_fd)
+    listener = socket.socket(fileno=listen_fd)
     # Processes the app starts must not hold these open: the parent waits for end-of-file on them.
     control.set_inheritable(False)
     listener.set_inheritable(False)
@@ -236,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
         config = json.loads(line)
     except ValueError as exc:
         return fail(channel, f"the configuration from the parent is not JSON: {exc}", None)
+    if prepare is not None and (problem := prepare(config)) is not None:
+        return fail(channel, problem, None)
     # Measured from before the app is imported until the server has stopped, as the parent's own coverage.
     save_coverage = start_in_child(config["coverage"]) if config.get("coverage") else None
     try:

@@ -1,8 +1,10 @@
 """``mode="process"``: the app runs in a child Python process; the parent keeps the lifecycle.
 
 The core binds the listening socket (so the port is race-free, as in every mode), and
-`ProcessRun` passes its descriptor to ``python -m uvicorn_testserver._runners.child`` with one
-end of a socket pair, the control channel (see `uvicorn_testserver._runners.child`).
+`ProcessRun` passes its descriptor to the child with one end of a socket pair, the
+control channel (see `uvicorn_testserver._runners.child`). The child is forked from the
+warm template process, or spawned as ``python -m uvicorn_testserver._runners.child``
+(see `uvicorn_testserver._runners.child_process`); either way it is the same child.
 Readiness, startup failures, log records and the app's unhandled exceptions come back
 over the channel; a ping over it settles the child's loop so `errors` are complete.
 The child's stdout and stderr (merged) are drained by a thread into a bounded buffer,
@@ -45,6 +47,7 @@ from uvicorn_testserver._core.logs import (
 )
 from uvicorn_testserver._core.run import FORCE_GRACE, Launch, done_within
 from uvicorn_testserver._core.uvicorn_internals import StartupFailed
+from uvicorn_testserver._runners.child_process import EXIT_UNKNOWN, ChildProcess, start_child
 from uvicorn_testserver._runners.coverage import ChildCoverage
 
 __all__ = ["EXIT_FORCED", "EXIT_STARTUP_FAILED", "ChildAppError", "ProcessRun"]
@@ -111,7 +114,7 @@ class _ChildFailed(Exception):
 
 
 class ProcessRun:
-    """One run in a child process: spawn it, read its events and output, signal it if it will not stop."""
+    """One run in a child process: start it, read its events and output, signal it if it will not stop."""
 
     # The child forces its own exit at shutdown_timeout + STOP_MARGIN + FORCE_GRACE, counted from when it
     # sees the channel close; on a loaded machine it is scheduled seconds late.
@@ -121,7 +124,7 @@ class ProcessRun:
     def __init__(self, launch: Launch) -> None:
         self._launch = launch
         self._control, self._child_end = socket.socketpair()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: ChildProcess | None = None
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self._stopped = threading.Event()
         self._closing = threading.Event()
@@ -141,7 +144,7 @@ class ProcessRun:
     def launch(self) -> None:
         settings, listener = self._launch.settings, self._launch.sock
         try:
-            self.process = self._popen(listener)
+            self.process, start = start_child(self._launch, self._child_end, coverage=self._coverage is not None)
         finally:
             # The child serves the socket now; the parent's copy must not hold clients in its queue after it exits.
             self._child_end.close()
@@ -156,6 +159,7 @@ class ProcessRun:
             "stop_signal": settings.stop_signal,
             "sys_path": [os.path.abspath(entry) for entry in sys.path],
             "coverage": self._coverage.request() if self._coverage is not None else None,
+            "start": start,  # a forked child's environment and working directory
         }
         self._send(json.dumps(config))
         name = f"uvicorn-testserver child {self.process.pid}"
@@ -168,28 +172,6 @@ class ProcessRun:
         ]
         for thread in self._threads:
             thread.start()
-
-    def _popen(self, listener: socket.socket) -> subprocess.Popen[bytes]:
-        settings = self._launch.settings
-        env = None if settings.env is None else {**os.environ, **settings.env}
-        command = [sys.executable, "-m", "uvicorn_testserver._runners.child"]
-        command += ["--listen-fd", str(listener.fileno()), "--control-fd", str(self._child_end.fileno())]
-        try:
-            return subprocess.Popen(
-                command,
-                pass_fds=(listener.fileno(), self._child_end.fileno()),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=settings.cwd,
-                start_new_session=True,  # Ctrl-C in a terminal reaches the test, which stops its children itself
-            )
-        except OSError as exc:
-            raise StartupFailed(
-                f"cannot start the child process for {settings.app_name}: {exc}. Check cwd={settings.cwd!r} and "
-                f"that {sys.executable} runs"
-            ) from exc
 
     def _send(self, line: str) -> None:
         with self._send_lock, contextlib.suppress(OSError):  # a child that died is reported by the reader
@@ -374,6 +356,8 @@ class ProcessRun:
         if self._died_while_serving:
             return f"exited with code {code} while serving, before stop() asked it to.", None
         if code not in (None, 0, EXIT_STARTUP_FAILED) and self._started():
+            if code == EXIT_UNKNOWN and self._stopped.is_set():
+                return None  # it said it stopped; its exit code went with the template process that forked it
             return f"exited with code {code} while stopping.", None
         return None
 
@@ -388,8 +372,8 @@ class ProcessRun:
         self._child_end.close()
         for thread in self._threads:
             thread.join(1.0)
-        if self.process is not None and self.process.stdout is not None:
-            self.process.stdout.close()
+        if self.process is not None:
+            self.process.release()
         if self._coverage is not None:
             self._coverage.finish(merge=self.process is not None and self.process.poll() is not None)
 
