@@ -68,6 +68,7 @@ except ImportError as exc:  # a release outside the supported range: say which, 
 
 from uvicorn_testserver._core.app_errors import AppErrorRecorder, AppErrorSink, InFlight
 from uvicorn_testserver._core.logs import current_log, harness_logger
+from uvicorn_testserver._core.protocols import closed_tls, with_access_log
 
 __all__ = ["HarnessServer", "StartupFailed", "import_serving_modules", "loop_factory", "make_config"]
 
@@ -207,7 +208,7 @@ class HarnessServer(uvicorn.Server):
             raise StartupFailed(_describe_load_failure(config, exc)) from exc
         self._recorder = AppErrorRecorder(config.loaded_app, self._on_app_error)
         config.loaded_app = self._recorder
-        config.http_protocol_class = _with_access_log(config.http_protocol_class)
+        config.http_protocol_class = with_access_log(config.http_protocol_class)
 
     async def start(self, sock: socket.socket) -> None:
         """Load, run lifespan startup and listen on `sock`; raise `StartupFailed` on failure."""
@@ -392,52 +393,7 @@ class HarnessServer(uvicorn.Server):
         # A TLS connection closed while idle waits for the client's close_notify, which an idle
         # keep-alive client never sends (asyncio waits 30 s). Once its buffer is flushed it is done;
         # serve_until_exit aborts it.
-        return [c for c in self.server_state.connections if not _closed_tls(getattr(c, "transport", None))]
-
-
-_access_logged: dict[type[asyncio.Protocol], type[asyncio.Protocol]] = {}
-
-
-def _with_access_log(protocol_class: type[asyncio.Protocol]) -> type[asyncio.Protocol]:
-    """`protocol_class`, writing access lines whatever handlers the process has (one subclass per class).
-
-    uvicorn's HTTP protocols log requests only if ``uvicorn.access`` ``hasHandlers()``
-    when a connection opens; the per-server capture needs the records even in a process
-    without logging configured, and adding a handler would change that configuration.
-    """
-    subclass = _access_logged.get(protocol_class)
-    if subclass is None:
-
-        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-            protocol_class.__init__(self, *args, **kwargs)
-            self.access_log = True
-
-        namespace: dict[str, Any] = {"__init__": __init__, "__module__": __name__}
-        if hasattr(protocol_class, "_switch"):  # http2=True: zttp's dispatcher, which makes the real protocol
-
-            def _switch(self: Any, http2: bool, initial_data: bytes = b"") -> None:
-                protocol_class._switch(self, http2)
-                protocol = self.transport.get_protocol()  # the one it made, before it reads a request
-                protocol.access_log = True
-                if initial_data:
-                    protocol.data_received(initial_data)
-
-            namespace["_switch"] = _switch
-        subclass = _access_logged.setdefault(
-            protocol_class, type(protocol_class.__name__, (protocol_class,), namespace)
-        )
-    return subclass
-
-
-def _closed_tls(transport: Any) -> bool:
-    """True for a TLS transport that is closing with nothing left to send."""
-    if transport is None or not transport.is_closing():
-        return False
-    try:
-        return transport.get_extra_info("sslcontext") is not None and transport.get_write_buffer_size() == 0
-    except AttributeError:
-        # asyncio's TLS transport drops its protocol when close() is called twice: it is done.
-        return True
+        return [c for c in self.server_state.connections if not closed_tls(getattr(c, "transport", None))]
 
 
 @functools.cache
