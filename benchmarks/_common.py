@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import platform
 import socket
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import uvicorn
 
@@ -94,3 +96,27 @@ def write_json(name: str, data: dict[str, Any]) -> Path:
     data = {"python": platform.python_version(), "uvicorn": uvicorn.__version__, **data}
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path
+
+
+class Worker:
+    """A Python process of its own that answers each line it is sent with a JSON list of cycle durations (s)."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env={**os.environ, **env}
+        )
+
+    def ask(self, line: str) -> list[float]:
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None
+        assert stdout is not None
+        stdin.write(line + "\n")
+        stdin.flush()
+        durations: list[float] = json.loads(stdout.readline())
+        return durations
+
+    def close(self) -> None:
+        stdin: IO[str] | None = self.process.stdin
+        if stdin is not None:
+            stdin.close()
+        self.process.wait(60)

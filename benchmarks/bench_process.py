@@ -37,11 +37,10 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 import requests
 from starlette.applications import Starlette
@@ -49,7 +48,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
-from _common import print_table, summary, write_json
+from _common import Worker, print_table, summary, write_json
 from uvicorn_testserver import UvicornTestServer
 
 HERE = Path(__file__).resolve().parent
@@ -123,45 +122,20 @@ def worker(mode: str, app: str) -> None:
         print(json.dumps([cycle(served, app) for _ in range(int(line))]), flush=True)
 
 
-class Worker:
-    """A test process of its own running one case's cycles on request."""
-
-    def __init__(self, mode: str, app: str, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, __file__, "--worker", mode, app],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **env},
-        )
-
-    def cycles(self, count: int) -> list[float]:
-        stdin, stdout = self.process.stdin, self.process.stdout
-        assert stdin is not None
-        assert stdout is not None
-        stdin.write(f"{count}\n")
-        stdin.flush()
-        durations: list[float] = json.loads(stdout.readline())
-        return durations
-
-    def close(self) -> None:
-        stdin: IO[str] | None = self.process.stdin
-        if stdin is not None:
-            stdin.close()
-        self.process.wait(60)
-
-
 def measure_cycles(rounds: int, batch: dict[str, int]) -> dict[str, Any]:
-    workers = {name: Worker(mode, app, env) for name, (mode, app, env, _) in CASES.items()}
+    workers = {
+        name: Worker([sys.executable, __file__, "--worker", mode, app], env)
+        for name, (mode, app, env, _) in CASES.items()
+    }
     try:
-        first = {name: one.cycles(1)[0] for name, one in workers.items()}
+        first = {name: one.ask("1")[0] for name, one in workers.items()}
         per_round: dict[str, list[float]] = {name: [] for name in CASES}
         durations: dict[str, list[float]] = {name: [] for name in CASES}
         names = list(CASES)
         for round_number in range(rounds):
             shift = round_number % len(names)
             for name in names[shift:] + names[:shift]:
-                measured = workers[name].cycles(batch[name])
+                measured = workers[name].ask(str(batch[name]))
                 durations[name] += measured
                 per_round[name].append(statistics.median(measured))
     finally:

@@ -24,9 +24,9 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from _common import loop_mode_cycles, print_table, sample, write_json
+from _common import Worker, loop_mode_cycles, print_table, sample, write_json
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -52,27 +52,9 @@ def _cycle(server_class: type[Any], mode: str) -> None:
     server_class(APP, mode=mode).start().stop()
 
 
-class Worker:
-    def __init__(self, src: Path) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), str(HERE)])}
-        self.process = subprocess.Popen(
-            [sys.executable, __file__, "--worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
-        )
-
-    def cycles(self, mode: str, count: int) -> list[float]:
-        stdin, stdout = self.process.stdin, self.process.stdout
-        assert stdin is not None
-        assert stdout is not None
-        stdin.write(f"{mode} {count}\n")
-        stdin.flush()
-        durations: list[float] = json.loads(stdout.readline())
-        return durations
-
-    def close(self) -> None:
-        stdin: IO[str] | None = self.process.stdin
-        if stdin is not None:
-            stdin.close()
-        self.process.wait(60)
+def version_worker(src: Path) -> Worker:
+    """A worker that imports the library from `src`."""
+    return Worker([sys.executable, __file__, "--worker"], {"PYTHONPATH": os.pathsep.join([str(src), str(HERE)])})
 
 
 def export_src(revision: str, into: Path) -> Path:
@@ -100,17 +82,17 @@ def main() -> None:
     rounds = 3 if args.quick else args.rounds
     with tempfile.TemporaryDirectory() as tmp:
         other_src = export_src(args.against, Path(tmp))
-        this, other = Worker(ROOT / "src"), Worker(other_src)
+        this, other = version_worker(ROOT / "src"), version_worker(other_src)
         try:
             medians: dict[str, dict[str, list[float]]] = {mode: {"this": [], "other": []} for mode in BATCH}
             for mode in BATCH:  # warm imports, thread pools and the child's page cache
-                this.cycles(mode, 1)
-                other.cycles(mode, 1)
+                this.ask(f"{mode} 1")
+                other.ask(f"{mode} 1")
             for round_number in range(rounds):
                 for mode, count in BATCH.items():
                     order = [("this", this), ("other", other)]
                     for name, version in order if round_number % 2 == 0 else reversed(order):
-                        medians[mode][name].append(statistics.median(version.cycles(mode, count)))
+                        medians[mode][name].append(statistics.median(version.ask(f"{mode} {count}")))
         finally:
             this.close()
             other.close()
