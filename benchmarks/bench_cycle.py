@@ -14,12 +14,14 @@ import argparse
 import asyncio
 import http.client
 import logging
+import socket
 import statistics
 import threading
 import time
 
 import aiohttp
 import requests
+import uvicorn
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from starlette.applications import Starlette
@@ -138,6 +140,31 @@ def async_test_cycle(mode: str, http: str) -> float:
     return time.perf_counter() - started
 
 
+def bare_uvicorn_async_cycle() -> float:
+    """The floor under loop mode: uvicorn started by hand in the test's loop (its own startup, lifespan
+    included), the same GET, its servers closed and lifespan shut down; no harness."""
+
+    async def cycle() -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen()
+            config = uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on")
+            server = uvicorn.Server(config)
+            config.load()
+            server.lifespan = config.lifespan_class(config)
+            await server.startup(sockets=[sock])
+            url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+            async with aiohttp.ClientSession() as session, session.get(url) as response:
+                assert await response.text() == "hello"
+            for listening in server.servers:
+                listening.close()
+            await server.lifespan.shutdown()
+
+    started = time.perf_counter()
+    asyncio.run(cycle())
+    return time.perf_counter() - started
+
+
 def has_httptools() -> bool:
     try:
         import httptools  # noqa: F401
@@ -184,9 +211,9 @@ def main() -> None:
     phases: dict[str, list[float]] = {"start": [], "request": [], "stop": []}
     round_ratios: list[float] = []
     https = ("h11", "httptools") if has_httptools() else ("h11",)
-    async_cases = ["aiohttp"] + [f"{mode}/{http}" for http in https for mode in ("loop", "thread")]
+    async_cases = ["aiohttp", "bare"] + [f"{mode}/{http}" for http in https for mode in ("loop", "thread")]
     async_cycles: dict[str, list[float]] = {case: [] for case in async_cases}
-    async_ratios: dict[str, list[float]] = {
+    async_ratios: dict[str, list[float]] = {"bare uvicorn vs aiohttp/auto": []} | {
         f"{kind}/{http}": [] for http in https for kind in ("loop vs aiohttp", "thread vs loop")
     }
     rates: dict[str, list[float]] = {
@@ -213,10 +240,13 @@ def main() -> None:
             for case in async_cases:
                 if case == "aiohttp":
                     async_round[case].append(test_cycle_aiohttp())
+                elif case == "bare":
+                    async_round[case].append(bare_uvicorn_async_cycle())
                 else:
                     mode, http = case.split("/")
                     async_round[case].append(async_test_cycle(mode, http))
         medians_now = {case: statistics.median(values) for case, values in async_round.items()}
+        async_ratios["bare uvicorn vs aiohttp/auto"].append(medians_now["bare"] / medians_now["aiohttp"])
         for http in https:
             async_ratios[f"loop vs aiohttp/{http}"].append(medians_now[f"loop/{http}"] / medians_now["aiohttp"])
             async_ratios[f"thread vs loop/{http}"].append(medians_now[f"thread/{http}"] / medians_now[f"loop/{http}"])
@@ -287,6 +317,7 @@ def main() -> None:
     async_stats = {case: summary(values) for case, values in async_cycles.items()}
     async_labels = {
         "aiohttp": "aiohttp TestServer (in-loop, baseline)",
+        "bare": "bare uvicorn started by hand in the loop (no harness), http=auto",
         **{f"loop/{http}": f"AsyncTestServer(mode='loop'), http={http}" for http in https},
         **{f"thread/{http}": f"AsyncTestServer (thread mode), http={http}" for http in https},
     }

@@ -3,9 +3,9 @@
 The async face of the same lifecycle as `UvicornTestServer`, in any mode: ``"thread"``
 (the default: uvicorn on its own loop in a thread), ``"loop"`` (uvicorn as a task on the
 test's own running asyncio loop, for apps that share loop-bound objects with the test)
-or ``"process"`` (a child process). Start and stop run in a worker thread through anyio,
-so they never block the test's loop and work under asyncio and trio; loop mode and the
-aiohttp-based `client` need asyncio.
+or ``"process"`` (a child process). Start and stop never block the test's loop: the
+test's task awaits each step (`bridge`, through anyio), under asyncio and trio; loop mode
+and the aiohttp-based `client` need asyncio.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class UvicornTestServer(LiveServer):
     `ValueError` before anything starts.
 
     Use it as ``with UvicornTestServer(app) as server:``, ``async with ...`` (under
-    asyncio or trio; start and stop run in a worker thread and never block the event
+    asyncio or trio; start and stop are awaited and never block the event
     loop), or call `start()` and `stop()` yourself. uvicorn's log is captured per server
     in `log` and still reaches the process's own logging (pytest's ``caplog`` included),
     unless ``propagate_logs=False`` keeps it in `log` alone.
