@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -85,3 +86,37 @@ async def _slow_startup(app: Starlette) -> AsyncIterator[None]:
 
 
 slow_startup_app = Starlette(routes=[Route("/", hello)], lifespan=_slow_startup)
+
+
+async def _hanging(request: Request) -> PlainTextResponse:
+    await asyncio.sleep(60)  # a health check that never answers: only a stop ends it
+    return PlainTextResponse("late")
+
+
+hanging_health_app = Starlette(routes=[Route("/", hello), Route("/health", _hanging)])
+
+
+async def _unhealthy(request: Request) -> PlainTextResponse:
+    return PlainTextResponse("not yet", status_code=503)
+
+
+@asynccontextmanager
+async def _slow_shutdown(app: Starlette) -> AsyncIterator[None]:
+    record("startup")
+    yield
+    record("shutdown begins")
+    await asyncio.sleep(1)
+    record("shutdown")
+
+
+unhealthy_slow_shutdown_app = Starlette(routes=[Route("/health", _unhealthy)], lifespan=_slow_shutdown)
+
+
+@asynccontextmanager
+async def _blocking_shutdown(app: Starlette) -> AsyncIterator[None]:
+    yield
+    record("shutdown blocks")
+    time.sleep(4.5)  # blocks the server's loop past the forced exit: the stop gives up on it
+
+
+blocking_shutdown_app = Starlette(routes=[Route("/", hello)], lifespan=_blocking_shutdown)

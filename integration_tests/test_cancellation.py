@@ -14,6 +14,7 @@ import contextlib
 import gc
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,14 @@ import httpx
 import pytest
 
 import apps_contract
-from apps import port_is_free
-from uvicorn_testserver import AsyncTestServer, ServerExceptionsError, ServerStateError, UvicornTestServer
+from apps import port_is_free, server_threads
+from uvicorn_testserver import (
+    AsyncTestServer,
+    ServerExceptionsError,
+    ServerStartupError,
+    ServerStateError,
+    UvicornTestServer,
+)
 
 WAIT = 30  # a deadline for failures only: a passing test never waits it out
 TICKS = [0, 1, 2, 3, 5, 8, 13, 40]
@@ -241,3 +248,81 @@ async def test_a_loop_mode_start_cancelled_while_it_listens_leaves_no_watched_so
         async with httpx.AsyncClient(base_url=server.base_url, timeout=WAIT) as client:
             assert (await client.get("/")).text == "hello"
         await server.stop()
+
+
+# -- found by review: a cancellation during a health check, during a failed start's cleanup, and during a
+#    stop that ends in ServerShutdownError ------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_a_start_cancelled_during_its_health_check_ends_promptly(anyio_backend: str, tmp_path: Path) -> None:
+    for mode in modes_for(anyio_backend):
+        live = new_server(mode, tmp_path / f"{mode}.events", "apps_contract:hanging_health_app", health_path="/health")
+        started = time.monotonic()
+        with anyio.move_on_after(0.5) as scope:
+            await live.start()
+        assert scope.cancelled_caught, f"{mode}: the start returned, or its cancellation was lost"
+        assert time.monotonic() - started < WAIT / 3, f"{mode}: the cancellation waited for the health check"
+        left_nothing(live)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", ["thread", "loop", "process"])
+async def test_a_native_timeout_during_the_health_check_is_not_lost(mode: str, tmp_path: Path) -> None:
+    live = new_server(mode, tmp_path / "events", "apps_contract:hanging_health_app", health_path="/health")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.5):
+            await live.start()
+    left_nothing(live)
+
+
+async def cancel_once_recorded(event: str, path: Path, scope: anyio.CancelScope) -> None:
+    """Cancel `scope` once the app has recorded `event` (in this process, or in a child's file)."""
+    while event not in recorded(path):  # noqa: ASYNC110 - the app may record it in another process
+        await anyio.sleep(0.005)
+    scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_cancellation_during_a_failed_starts_cleanup_lets_the_cleanup_finish(
+    anyio_backend: str, tmp_path: Path
+) -> None:
+    for mode in modes_for(anyio_backend):
+        path = tmp_path / f"{mode}.events"
+        apps_contract.events.clear()
+        live = AsyncTestServer(
+            "apps_contract:unhealthy_slow_shutdown_app",
+            mode=mode,  # type: ignore[arg-type]
+            env={"LIFESPAN_RECORD": str(path)} if mode == "process" else None,
+            health_path="/health",
+            startup_timeout=0.3,  # the health check never answers 2xx: the start fails, then stops what it started
+            shutdown_timeout=2,
+        )
+        scope = anyio.CancelScope()
+        with anyio.fail_after(WAIT):
+            async with anyio.create_task_group() as group:
+                group.start_soon(cancel_once_recorded, "shutdown begins", path, scope)
+                with scope:
+                    await live.start()
+        assert scope.cancelled_caught, f"{mode}: the cancellation was lost"
+        assert recorded(path)[-1] == "shutdown", f"{mode}: the failed start's lifespan shutdown was cut"
+        left_nothing(live)
+        path.unlink(missing_ok=True)
+        apps_contract.events.clear()
+        with pytest.raises(ServerStartupError):  # not ServerStateError: nothing of the last start is still tracked
+            await live.start()
+
+
+@pytest.mark.anyio
+async def test_a_cancelled_stop_that_gives_up_propagates_the_cancellation(anyio_backend: str) -> None:
+    # Thread mode: loop mode's blocking shutdown would block the test's own loop, and a child can be killed.
+    live = AsyncTestServer("apps_contract:blocking_shutdown_app", shutdown_timeout=0.01)
+    await live.start()
+    port = live.port
+    with anyio.fail_after(WAIT), anyio.move_on_after(0.3) as scope:
+        await live.stop()  # ends in ServerShutdownError after the forced exit; the cancellation must win
+    assert scope.cancelled_caught, "ServerShutdownError replaced the cancellation"
+    deadline = time.monotonic() + WAIT  # the blocked thread ends once its sleep does
+    while server_threads(port) and time.monotonic() < deadline:  # noqa: ASYNC110 - a thread, not an event
+        await anyio.sleep(0.05)
+    assert not server_threads(port)

@@ -88,7 +88,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     hooks = config.pluginmanager.get_plugin(SHARED_RUN)
     if isinstance(hooks, SharedRunHooks):
         # The last pytest process of the run to leave stops the shared server (and waits for it).
-        hooks.shared.leave(float(plugin_state(config).settings.server_options["shutdown_timeout"]) + 10)
+        # A keeper's worst stop: the server's, as a process-mode one's (shutdown_timeout, then about 15 s more).
+        hooks.shared.leave(float(plugin_state(config).settings.server_options["shutdown_timeout"]) + 20)
 
 
 def pytest_report_header(config: pytest.Config) -> str:

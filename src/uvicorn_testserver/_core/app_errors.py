@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from uvicorn_testserver._core.logs import harness_logger
+
 __all__ = ["AppErrorRecorder", "AppErrorSink", "InFlight", "ResponseWatch"]
 
 #: Where the app's unhandled exceptions go: the exception, and what it was serving ("GET /divide").
@@ -60,7 +62,7 @@ class AppErrorRecorder:
         method = scope.get("method", "WebSocket") if scope["type"] == "http" else "WebSocket"
         if method == "CONNECT" and not self._told_websocket_over_http2 and _websocket_over_http2(scope):
             self._told_websocket_over_http2 = True
-            logging.getLogger("uvicorn_testserver").warning(
+            harness_logger.warning(
                 "A client opened a WebSocket over HTTP/2 (CONNECT %s with :protocol websocket, RFC 8441), as browsers "
                 "do when the server offers it, and zttp does; uvicorn serves WebSockets over HTTP/1.1 only, so the app "
                 "got an HTTP CONNECT request and the client's WebSocket fails. Serve a page that opens WebSockets "

@@ -18,9 +18,9 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import ExitStack
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from uvicorn_testserver._core.app_errors import AppErrorSink, InFlight
 from uvicorn_testserver._core.errors import (
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
     from uvicorn_testserver._core.tls import ServerTLS
 
 __all__ = ["ServerCore", "StartAbandoned"]
-
-_T = TypeVar("_T")
 
 
 class StartAbandoned(Exception):
@@ -67,7 +65,7 @@ class ServerCore:
         self.app_errors: list[BaseException] = []
         self._served_when_raised: dict[int, str] = {}  # id(error) -> "GET /path"
         self._new_run = new_run
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # held by a start or stop; the async faces take it without blocking
         self._port = settings.port
         self._sock: socket.socket | None = None  # bound by bind(), not yet handed to a run
         self._run: AnyRun | None = None
@@ -101,7 +99,7 @@ class ServerCore:
 
     def bind(self) -> int:
         """Bind the listening socket now, if not bound or serving already; return the port."""
-        with self._lock:
+        with self.lock:
             if self._sock is None and self._run is None:
                 self._sock = self._bind()
             return self._port
@@ -155,30 +153,16 @@ class ServerCore:
         exists. `cancelled`, set from another thread (then `abandon` called), makes the
         start give up promptly.
         """
-        with self._lock:
+        with self.lock:
             self._drive(self.start_steps(cancelled))
 
     def stop(self, shutdown_timeout: float | None = None) -> None:
         """Stop the run (if any) and block until it has ended; release everything, then raise the app's
         errors if told to. Idempotent. Interrupted (Ctrl-C), the run stays tracked for a later stop().
         `shutdown_timeout` overrides the server's for this stop."""
-        with self._lock:
+        with self.lock:
             self._drive(self.stop_steps(shutdown_timeout))
         self.raise_app_errors()
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Hold the start/stop lock while an event loop drives the steps (`start_steps`, `stop_steps`) itself.
-
-        Never blocks: the event loop must not wait on another thread, so another thread starting or stopping
-        at that moment is a `ServerStateError`.
-        """
-        if not self._lock.acquire(blocking=False):
-            raise ServerStateError(f"{self.describe()} is being started or stopped from another thread.")
-        try:
-            yield
-        finally:
-            self._lock.release()
 
     @property
     def current_run(self) -> AnyRun | None:

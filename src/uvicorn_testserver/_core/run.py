@@ -99,7 +99,8 @@ class Run(Protocol):
 
 
 class BlockingRun(Run, Protocol):
-    """A run the core waits for by blocking (thread and process mode; the async faces block in a thread)."""
+    """A run whose waits block (thread and process mode). The async faces await a thread-mode run's instead,
+    woken by it (`ThreadRun.on_ready`), and block on a process-mode run's in a thread of their own."""
 
     in_loop: Literal[False]
 

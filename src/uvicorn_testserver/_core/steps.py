@@ -1,5 +1,5 @@
-"""The waits of a start or stop, written once as generators of these steps (`ServerCore._start_steps`,
-`_stop_steps`); a driver performs each, by blocking or by awaiting on the caller's loop."""
+"""The waits of a start or stop, written once as generators of these steps (`ServerCore.start_steps`,
+`stop_steps`); a driver performs each, by blocking or by awaiting on the caller's loop."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ import concurrent.futures
 import contextlib
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -29,7 +29,7 @@ import sniffio
 
 from uvicorn_testserver._core.engine import ServerCore
 from uvicorn_testserver._core.errors import ServerExceptionsError, ServerShutdownError
-from uvicorn_testserver._core.steps import Pause, Probe, Step, Steps, WaitReady
+from uvicorn_testserver._core.steps import Pause, Probe, Step, Steps, WaitEnded, WaitReady
 from uvicorn_testserver._runners.thread import ThreadRun
 
 __all__ = ["start", "stop"]
@@ -38,11 +38,13 @@ __all__ = ["start", "stop"]
 async def start(core: ServerCore) -> None:
     """`core.start()` from async code; cancelling it abandons the start, stops what it started, then re-raises."""
     if core.settings.mode != "process":
-        with core.held():
-            interrupted = await _drive(core, core.start_steps(), abandon_on_cancel=True)
-        if interrupted is not None:  # asked just as the start completed
+        async with _holding(core):
+            interrupted, error = await _drive(core, core.start_steps(), abandon_on_cancel=True)
+        if interrupted is None:
+            return
+        if error is None:  # asked just as the start completed
             await stop(core, interrupted=interrupted)
-        return
+        raise interrupted  # not the start's own error: the caller gave up on it
     cancelled = threading.Event()
     work = _Work.in_thread(lambda: core.start(cancelled), f"start {core.where()}")
     interrupted = await work.wait(until_done=False)
@@ -62,34 +64,53 @@ async def stop(
 ) -> None:
     """`core.stop()` from async code. A cancellation (or `interrupted`, one the caller caught before) lets the
     stop finish, then propagates instead of any `ServerExceptionsError`: the app's errors stay in `errors`."""
-    outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
+    error: BaseException | None = None
     if core.settings.mode != "process":
-        with core.held():
+        async with _holding(core):
             try:
-                interrupted = await _drive(core, core.stop_steps(shutdown_timeout), abandon_on_cancel=False) or (
-                    interrupted
-                )
-                core.raise_app_errors()
-            except BaseException as exc:  # noqa: BLE001 - decided below, as a stop in a thread's
-                outcome.set_exception(exc)
-            else:
-                outcome.set_result(None)
+                cancelled, error = await _drive(core, core.stop_steps(shutdown_timeout), abandon_on_cancel=False)
+                interrupted = cancelled or interrupted
+                if error is None:
+                    core.raise_app_errors()
+            except BaseException as exc:  # noqa: BLE001 - decided below, as for a stop in a thread
+                error = exc
     else:
         work = _Work.in_thread(lambda: core.stop(shutdown_timeout), f"stop {core.where()}")
         interrupted = await work.wait(until_done=True) or interrupted
-        outcome = work.outcome
+        error = work.outcome.exception()
     if interrupted is None:
-        outcome.result()
+        if error is not None:
+            raise error
         return
-    _keep_unraised(outcome)
+    _keep_unraised(error)
     raise interrupted
 
 
-async def _drive(core: ServerCore, steps: Steps, *, abandon_on_cancel: bool) -> BaseException | None:
-    """Perform each of `steps` on the caller's loop; an exception goes back into the steps, which decide. The
-    first cancellation goes into the steps too if `abandon_on_cancel` (a start then stops what it started, and
-    re-raises it); otherwise it is returned once the steps are done, as is one that comes as they end. The
-    waits after it are shielded."""
+@contextlib.asynccontextmanager
+async def _holding(core: ServerCore) -> AsyncIterator[None]:
+    """Hold the core's start/stop lock for a start or stop driven on this loop. The loop never blocks on it:
+    while another task or thread starts or stops the server, this one waits its turn, asleep."""
+    delay = 0.0005
+    while not core.lock.acquire(blocking=False):
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 0.02)
+    try:
+        yield
+    finally:
+        core.lock.release()
+
+
+async def _drive(
+    core: ServerCore, steps: Steps, *, abandon_on_cancel: bool
+) -> tuple[BaseException | None, BaseException | None]:
+    """Perform each of `steps` on the caller's loop; an exception goes back into the steps, which decide.
+
+    The first cancellation during a start's own waits goes into the steps if `abandon_on_cancel` (the start
+    then stops what it started, and re-raises it). Any other is kept, the waits after it shielded, and
+    returned once the steps are done, as is one that comes as they end: the stop a start needs after it
+    failed, and a stop, always finish. Returns the cancellation, if any, and the error the steps ended in
+    after it (a failed start, a stop that would not end); without a cancellation their error is raised.
+    """
     send: Callable[[Any], Step] = steps.send
     value: Any = None
     cancelled: BaseException | None = None
@@ -98,12 +119,16 @@ async def _drive(core: ServerCore, steps: Steps, *, abandon_on_cancel: bool) -> 
             step = send(value)
         except StopIteration:
             break
+        except BaseException as exc:
+            if cancelled is None or exc is cancelled:
+                raise
+            return cancelled, exc
         while True:
             try:
                 with anyio.CancelScope(shield=True) if cancelled is not None else contextlib.nullcontext():
                     send, value = steps.send, await _perform(core, step)
             except anyio.get_cancelled_exc_class() as exc:
-                if cancelled is None and abandon_on_cancel:
+                if cancelled is None and abandon_on_cancel and not isinstance(step, WaitEnded):
                     cancelled = exc
                     send, value = steps.throw, exc
                 else:
@@ -117,7 +142,7 @@ async def _drive(core: ServerCore, steps: Steps, *, abandon_on_cancel: bool) -> 
             await anyio.lowlevel.checkpoint()
         except anyio.get_cancelled_exc_class() as exc:
             cancelled = exc
-    return cancelled
+    return cancelled, None
 
 
 def _cancel_asked() -> bool:
@@ -136,7 +161,11 @@ async def _perform(core: ServerCore, step: Step) -> Any:
     if isinstance(step, Probe):  # a blocking GET: in a thread of its own
         answer: list[Any] = []
         work = _Work.in_thread(lambda: answer.append(core.perform(step)), f"probe {core.where()}")
-        await work.finish()
+        interrupted = await work.wait(until_done=False)
+        if interrupted is not None:  # the start is abandoned: the server stops, so the GET ends at once
+            core.abandon()
+            await work.finish()
+            raise interrupted
         work.outcome.result()
         return answer[0]
     run = core.current_run
@@ -145,20 +174,27 @@ async def _perform(core: ServerCore, step: Step) -> Any:
         return await (run.wait_ready(step.timeout) if isinstance(step, WaitReady) else run.wait_ended(step.timeout))
     assert isinstance(run, ThreadRun), "a process-mode run is driven from a thread of its own"
     woken = anyio.Event()
-    wake = _waker(woken)
-    (run.on_ready if isinstance(step, WaitReady) else run.on_ended)(wake)
-    with anyio.move_on_after(step.timeout):
-        await woken.wait()
+    wake = [_waker(woken)]  # emptied after the wait: the run keeps its callbacks, not this loop
+
+    def woke() -> None:
+        for call in list(wake):
+            call()
+
+    (run.on_ready if isinstance(step, WaitReady) else run.on_ended)(woke)
+    try:
+        with anyio.move_on_after(step.timeout):
+            await woken.wait()
+    finally:
+        wake.clear()
     if isinstance(step, WaitReady):
         return run.wait_ready(0)  # True, or its StartupFailed; False if the deadline passed
     # Woken by the thread's last act, it ends a moment later: joining it blocks the loop for no longer.
     return run.wait_ended(1.0 if woken.is_set() else 0)
 
 
-def _keep_unraised(outcome: concurrent.futures.Future[None]) -> None:
+def _keep_unraised(error: BaseException | None) -> None:
     """Leave a stop's error where it belongs once a cancellation is what propagates: the app's errors stay in
     `errors`; a server that would not stop is said in its log (the core logged it)."""
-    error = outcome.exception()
     if error is not None and not isinstance(error, ServerExceptionsError | ServerShutdownError):
         raise error  # a bug of the harness: never swallowed
 

@@ -196,6 +196,10 @@ class SharedRun:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(info["keeper"], signal.SIGTERM)  # it stops the server, then exits
                 _wait_gone(info["keeper"], max(1.0, deadline - time.monotonic()), self._keeper)
+                if alive(info["keeper"]):  # its stop overran: the server's child ends when its channel closes
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(info["keeper"], signal.SIGKILL)
+                    _wait_gone(info["keeper"], 5.0, self._keeper)
         self._reap_keeper()
         shutil.rmtree(self.directory, ignore_errors=True)
 
