@@ -310,3 +310,24 @@ def test_the_child_stops_when_the_test_process_is_interrupted(tmp_path: Path) ->
         assert parent.wait(15) != 0
         assert wait_until_gone(child_pid)
     assert marker.read_text() == f"lifespan shutdown ran in {child_pid}"
+
+
+def test_a_test_process_with_descriptors_above_1024_still_runs_children() -> None:
+    # select() cannot wait on a descriptor past FD_SETSIZE; a busy test process may hold that many.
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the hard limit on open files is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    held: list[int] = []
+    try:
+        while not held or held[-1] < 1030:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+        with UvicornTestServer("apps_process:app", mode="process") as live:
+            assert requests.get(live.url("/"), timeout=30).status_code == 200
+        assert live.returncode == 0
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -1,16 +1,31 @@
-"""The listening socket every mode serves: bound by the harness, so the port is race-free."""
+"""The listening socket every mode serves, bound by the harness so the port is race-free; and `readable`, the
+wait on a descriptor that the parent side of process mode uses."""
 
 from __future__ import annotations
 
 import errno
+import select
 import socket
+from typing import Protocol
 
 from uvicorn_testserver._core.errors import (
     PortInUseError,
     ServerStartupError,
 )
 
-__all__ = ["bind_socket"]
+__all__ = ["bind_socket", "readable"]
+
+
+class _HasFileno(Protocol):
+    def fileno(self) -> int: ...
+
+
+def readable(source: int | _HasFileno, timeout: float | None) -> bool:
+    """Whether `source` (a descriptor, or what has one) has data or an end-of-file within `timeout` seconds
+    (None: no limit). `poll`, not `select`: a busy test process may hold descriptors above 1024."""
+    poller = select.poll()
+    poller.register(source, select.POLLIN)
+    return bool(poller.poll(None if timeout is None else max(0, int(timeout * 1000 + 0.999))))
 
 
 def bind_socket(host: str, port: int, *, app_name: str, previous: int = 0) -> socket.socket:

@@ -43,7 +43,6 @@ import atexit
 import contextlib
 import json
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -55,6 +54,7 @@ from typing import IO, Any, Literal, Protocol
 from uvicorn_testserver._core.logs import ServerLog, capture_into, harness_logger
 from uvicorn_testserver._core.run import Launch
 from uvicorn_testserver._core.settings import ServerSettings
+from uvicorn_testserver._core.sockets import readable
 from uvicorn_testserver._core.uvicorn_internals import StartupFailed
 
 __all__ = [
@@ -149,7 +149,7 @@ class ForkedChild:
                 self.returncode = int(json.loads(message)["exit"])
                 return
             self._template_gone = True
-        if select.select([self._pidfd], [], [], 0)[0]:
+        if readable(self._pidfd, 0):
             self.returncode = EXIT_UNKNOWN
 
     def wait(self, timeout: float | None = None) -> int:
@@ -160,7 +160,7 @@ class ForkedChild:
                 raise subprocess.TimeoutExpired(f"child process {self.pid}", timeout or 0.0)
             # The template closes the status socket after the exit code: readable until the handle is released.
             with contextlib.suppress(OSError, ValueError):
-                select.select([self._pidfd if self._template_gone else self._status], [], [], remaining)
+                readable(self._pidfd if self._template_gone else self._status, remaining)
         return code
 
     def send_signal(self, sig: int) -> None:
@@ -273,13 +273,13 @@ class _Template:
             os.close(write_end)
             theirs.close()
         try:
-            readable = select.select([status], [], [], settings.startup_timeout)[0]
-            message, fds, _, _ = socket.recv_fds(status, _MESSAGE_SIZE, 1) if readable else (b"", [], 0, None)
+            answered = readable(status, settings.startup_timeout)
+            message, fds, _, _ = socket.recv_fds(status, _MESSAGE_SIZE, 1) if answered else (b"", [], 0, None)
             answer = json.loads(message) if message else {}
             if "pid" not in answer or len(fds) != 1:
                 for fd in fds:
                     os.close(fd)
-                what = "did not fork it within startup_timeout" if not readable else "ended while forking it"
+                what = "did not fork it within startup_timeout" if not answered else "ended while forking it"
                 raise StartupFailed(
                     f"cannot start the child process for {settings.app_name}: the template process "
                     f"{answer.get('error') or what}"
@@ -464,7 +464,7 @@ def _preload_list() -> list[str]:
 
 def _receive(sock: socket.socket, timeout: float) -> dict[str, Any] | None:
     """One JSON message from `sock` within `timeout`, or None (nothing came, or it closed)."""
-    if not select.select([sock], [], [], timeout)[0]:
+    if not readable(sock, timeout):
         return None
     message = sock.recv(_MESSAGE_SIZE)
     if not message:

@@ -26,7 +26,6 @@ import copy
 import json
 import logging
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -46,6 +45,7 @@ from uvicorn_testserver._core.logs import (
     without_traceback,
 )
 from uvicorn_testserver._core.run import FORCE_GRACE, Launch, done_within
+from uvicorn_testserver._core.sockets import readable
 from uvicorn_testserver._core.uvicorn_internals import StartupFailed
 from uvicorn_testserver._runners.child_process import EXIT_UNKNOWN, ChildProcess, start_child
 from uvicorn_testserver._runners.coverage import ChildCoverage
@@ -257,8 +257,7 @@ class ProcessRun:
         """Copy the child's output into `output` until end-of-file, or until the run is released."""
         fd = stream.fileno()
         while True:
-            readable, _, _ = select.select([fd], [], [], 0.1)
-            if not readable:
+            if not readable(fd, 0.1):
                 if self._closing.is_set():
                     return  # a process the app started still holds the pipe open
                 continue

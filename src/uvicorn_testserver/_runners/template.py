@@ -76,7 +76,10 @@ class Template:
         self.conn.send(json.dumps({"ready": ready}).encode())
         while True:
             listening = self.conn.fileno()
-            readable, _, _ = select.select([listening, *self.children], [], [])
+            poller = select.poll()  # not select(): descriptors passed from a busy test process may be past 1024
+            for fd in (listening, *self.children):
+                poller.register(fd, select.POLLIN)
+            readable = [fd for fd, _ in poller.poll()]
             for fd in readable:
                 if fd in self.children:
                     self._reap(fd)
