@@ -37,6 +37,11 @@ class KeptServer(ProcessServer):
         super().__init__(app, **options)
         self._core.on_app_error = on_app_error
 
+    @property
+    def scheme(self) -> str:
+        """``https`` with TLS, else ``http``: what the workers build their URLs with."""
+        return self._core.scheme
+
     def in_flight_fields(self) -> list[dict[str, Any]]:
         """What the app handles now, as the control socket tells it."""
         now = time.monotonic()
@@ -89,7 +94,7 @@ def keep(directory: Path) -> int:
         "keeper": os.getpid(),
         "host": server.host,
         "port": server.port,
-        "scheme": "https" if server.base_url.startswith("https") else "http",
+        "scheme": server.scheme,
         "ca_path": str(server.ca_path) if options.get("ssl") else None,
         "spec": {"app": spec["app"], "options": spec["options"]},
     }
