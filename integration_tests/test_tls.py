@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import ssl
 import sys
@@ -18,7 +19,7 @@ import websockets.asyncio.client
 import websockets.sync.client
 
 from apps import hello_app, restored_resources, ws_app
-from uvicorn_testserver import ServerStartupError, ServerStateError, UvicornTestServer
+from uvicorn_testserver import AsyncTestServer, ServerStartupError, ServerStateError, UvicornTestServer
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +148,36 @@ def test_https_in_process_mode() -> None:
         assert requests.get(server.url("/"), verify=str(server.ca_path), timeout=30).text == "hello"
 
 
+def session_after_one_request(port: int, context: ssl.SSLContext) -> ssl.SSLSession:
+    """The TLS 1.3 session of one request read to its end: its tickets, if any, came before the answer."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+    ):
+        assert sock.version() == "TLSv1.3"
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+        assert answer.startswith(b"HTTP/1.1 200")
+        assert answer.endswith(b"hello")
+        assert sock.session is not None
+        return sock.session
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_ssl_true_sends_no_session_tickets(mode: str) -> None:
+    # A sync client reading and writing one SSLSocket from two threads (websockets' while it sends its
+    # handshake) can lose its request to the tickets arriving just then.
+    with UvicornTestServer("apps:hello_app", mode=mode, ssl=True) as server:  # type: ignore[arg-type]
+        assert not session_after_one_request(server.port, server.ssl_context).has_ticket
+
+
+@pytest.mark.asyncio
+async def test_ssl_true_sends_no_session_tickets_in_loop_mode() -> None:
+    async with AsyncTestServer(hello_app, mode="loop", ssl=True) as server:
+        session = await asyncio.to_thread(session_after_one_request, server.port, server.ssl_context)
+        assert not session.has_ticket
+
+
 # -- verification really happens -------------------------------------------------------------
 
 
@@ -180,6 +211,8 @@ def test_own_certificate_files_serve_https(own_certificate: tuple[Path, Path, Pa
         assert requests.get(server.url("/"), verify=str(ca), timeout=30).text == "hello"
         with pytest.raises(ServerStateError, match=r"has no ssl_context: pass ssl=True"):
             _ = server.ssl_context
+        # Served as given: the tickets that ssl=True leaves out are the user's choice here.
+        assert session_after_one_request(server.port, ssl.create_default_context(cafile=ca)).has_ticket
 
 
 def test_a_missing_own_key_file_fails_the_start(own_certificate: tuple[Path, Path, Path], tmp_path: Path) -> None:

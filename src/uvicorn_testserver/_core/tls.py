@@ -14,10 +14,11 @@ import shutil
 import ssl
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["SSL_INSTALL_HINT", "ClientTLS", "KnownCA", "ServerTLS", "server_tls"]
+__all__ = ["SSL_INSTALL_HINT", "ClientTLS", "KnownCA", "ServerTLS", "server_tls", "without_session_tickets"]
 
 SSL_INSTALL_HINT = "pip install trustme (the extra uvicorn-testserver[ssl])"
 _USER_TLS_OPTIONS = ("ssl_certfile", "ssl_keyfile", "ssl_context_factory")
@@ -37,6 +38,21 @@ def server_tls(enabled: bool, options: dict[str, Any], host: str) -> ServerTLS |
             "pass either ssl=True or your own certificate files."
         )
     return ServerTLS(host)
+
+
+def without_session_tickets(config: Any, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    """uvicorn's own context for the throw-away certificate (its ``ssl_context_factory``), sending no TLS 1.3
+    session tickets.
+
+    A TLS 1.3 server sends its tickets just after the handshake. A client that then reads and writes its one
+    ``SSLSocket`` from two threads at once, as websockets' sync client does while it sends its handshake,
+    can lose its request and wait forever (python-engineio#436 is the same race). A throw-away certificate has
+    no use for resumed sessions, so the harness's ``ssl=True`` sends none; certificates of the user's own are
+    served as given.
+    """
+    context = default()
+    context.num_tickets = 0
+    return context
 
 
 class ClientTLS(Protocol):
@@ -115,8 +131,8 @@ class ServerTLS:
                 self._http1_context = context
             return self._http1_context
 
-    def write_files(self) -> dict[str, str]:
-        """Write the CA, certificate chain and key; return uvicorn's ``ssl_certfile`` / ``ssl_keyfile`` options."""
+    def write_files(self) -> dict[str, Any]:
+        """Write the CA, certificate chain and key; return uvicorn's options that serve them."""
         with self._lock:
             if self._directory is None:
                 self._directory = Path(tempfile.mkdtemp(prefix="uvicorn-testserver-tls-"))
@@ -126,7 +142,11 @@ class ServerTLS:
         key = directory / "server.key"
         key.touch(mode=0o600)
         key.write_bytes(self._cert.private_key_pem.bytes())
-        return {"ssl_certfile": str(directory / "server.pem"), "ssl_keyfile": str(key)}
+        return {
+            "ssl_certfile": str(directory / "server.pem"),
+            "ssl_keyfile": str(key),
+            "ssl_context_factory": without_session_tickets,
+        }
 
     def remove_files(self) -> None:
         """Delete the files written by `write_files`. Idempotent."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -121,11 +122,15 @@ def serve(channel: Channel, listener: socket.socket, config: dict[str, Any]) -> 
     root = logging.getLogger()
     root.addHandler(ForwardHandler(channel))
     root.setLevel(LEVELS[config["log_level"]])
+    options = config["options"]
+    if isinstance(factory := options.get("ssl_context_factory"), str):  # sent by its import string
+        module, _, name = factory.partition(":")
+        options["ssl_context_factory"] = getattr(importlib.import_module(module), name)
     try:
         settings = ServerSettings.build(
             config["app"],
             options={
-                **config["options"],
+                **options,
                 "host": config["host"],
                 "ssl": False,  # the parent wrote the certificate files; they are in the options
                 "startup_timeout": float(config["startup_timeout"]) + FORCE_GRACE,  # the parent's deadline first

@@ -161,7 +161,7 @@ class ProcessRun:
             "coverage": self._coverage.request() if self._coverage is not None else None,
             "start": start,  # a forked child's environment and working directory
         }
-        self._send(json.dumps(config))
+        self._send(json.dumps(config, default=_import_string))
         name = f"uvicorn-testserver child {self.process.pid}"
         assert self.process.stdout is not None
         self._threads = [
@@ -401,3 +401,14 @@ class ProcessRun:
     def output(self) -> str:
         """The child's merged stdout and stderr (the last lines)."""
         return self._output.text()
+
+
+def _import_string(value: object) -> str:
+    """A module-level function as ``"module:name"`` for the child's JSON (``ssl=True``'s context factory).
+
+    The settings let only JSON values through in process mode; this is for what the harness adds itself.
+    """
+    module, name = getattr(value, "__module__", None), getattr(value, "__qualname__", "")
+    if not callable(value) or module is None or not name.isidentifier():
+        raise TypeError(f"{value!r} cannot be sent to the child process")
+    return f"{module}:{name}"
