@@ -167,6 +167,31 @@ def test_fresh_uvicorn_server_is_new_for_each_test_and_stopped_after(pytester: p
     pytester.runpytest().assert_outcomes(passed=2)
 
 
+def test_a_tests_own_servers_are_not_kept_once_it_is_done(pytester: pytest.Pytester) -> None:
+    # Kept by the session, each would hold its log, config and closed loop: ~30 KB a test.
+    make_project(
+        pytester,
+        test_a="""
+            import gc
+            import weakref
+
+            import requests
+
+            servers = []
+
+            def test_one(fresh_uvicorn_server, uvicorn_server_factory):
+                servers.append(weakref.ref(fresh_uvicorn_server))
+                servers.append(weakref.ref(uvicorn_server_factory("myapp:other_app")))
+                assert requests.get(fresh_uvicorn_server.url("/"), timeout=30).text == "hello"
+
+            def test_two():
+                gc.collect()
+                assert [server() for server in servers] == [None, None]
+        """,
+    )
+    pytester.runpytest().assert_outcomes(passed=2)
+
+
 def test_factory_serves_any_app_and_stops_every_server_after_the_test(pytester: pytest.Pytester) -> None:
     make_project(
         pytester,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import tracemalloc
+import weakref
 from collections.abc import Iterator
 
 import pytest
@@ -12,7 +14,7 @@ import requests
 
 import apps
 from apps import Baseline, hello_app
-from uvicorn_testserver import ServerStartupError, UvicornTestServer
+from uvicorn_testserver import AsyncTestServer, ServerStartupError, UvicornTestServer
 
 
 class Memory:
@@ -110,3 +112,37 @@ def test_fifty_failed_starts_leak_nothing(memory: Memory) -> None:
     grown, where = memory.grown()
     assert grown < 500_000, f"memory grew by {grown / 1e6:.2f} MB over 50 failed starts, most at:\n{where}"
     assert memory.total() < 16_000_000
+
+
+@pytest.fixture
+def no_cycle_collector() -> Iterator[None]:
+    """Only reference counting frees objects during the test."""
+    gc.collect()
+    gc.disable()
+    yield
+    gc.enable()
+
+
+@pytest.mark.usefixtures("no_cycle_collector")
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_a_stopped_server_is_freed_once_dropped(mode: str) -> None:
+    # No reference cycle: its log, config, loop and sockets go at once, not at some later collection.
+    server = UvicornTestServer("apps:hello_app", mode=mode)  # type: ignore[arg-type]
+    with server:
+        assert requests.get(server.url("/"), timeout=30).text == "hello"
+    dropped = [weakref.ref(server), weakref.ref(server.log)]
+    del server
+    assert [ref() for ref in dropped] == [None, None]
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("no_cycle_collector")
+@pytest.mark.parametrize("mode", ["thread", "loop", "process"])
+async def test_a_stopped_async_server_is_freed_once_dropped(mode: str) -> None:
+    server = AsyncTestServer("apps:hello_app", mode=mode)  # type: ignore[arg-type]
+    async with server:
+        url = server.url("/")
+        assert await asyncio.to_thread(lambda: requests.get(url, timeout=30).text) == "hello"
+    dropped = [weakref.ref(server), weakref.ref(server.log)]
+    del server
+    assert [ref() for ref in dropped] == [None, None]

@@ -215,7 +215,7 @@ class ServerCore:
             sock, self._sock = self._sock or self._bind(), None
             cleanup.callback(sock.close)
             cleanup.enter_context(log_level_lease(self.settings.level))
-            run = self._new_run(Launch(self.settings, sock, self._run_options(cleanup), self.log, self.note_app_error))
+            run = self._new_run(Launch(self.settings, sock, self._run_options(cleanup), self.log, _weak_sink(self)))
         except BaseException:
             cleanup.close()
             raise
@@ -422,3 +422,16 @@ def _stop_all() -> None:
     for core in list(_live):
         with contextlib.suppress(Exception):  # nothing is left to report to at exit
             core.stop()
+
+
+def _weak_sink(core: ServerCore) -> AppErrorSink:
+    """`core.note_app_error`, without holding `core`: the core holds its run, so a strong reference from the run
+    back would make the whole server (its log, config and sockets) garbage only the cycle collector frees."""
+    note_app_error = weakref.WeakMethod(core.note_app_error)
+
+    def sink(exc: BaseException, serving: str) -> None:
+        note = note_app_error()
+        if note is not None:  # else nobody can read the error any more
+            note(exc, serving)
+
+    return sink

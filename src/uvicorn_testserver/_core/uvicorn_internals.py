@@ -241,7 +241,10 @@ class HarnessServer(uvicorn.Server):
 
             async def tracked_main() -> None:
                 self._lifespan_task = asyncio.current_task()
-                await main()
+                try:
+                    await main()
+                finally:
+                    del lifespan.main  # this closure holds the server: no cycle left once the lifespan ends
 
             lifespan.main = tracked_main
         return lifespan
@@ -285,6 +288,7 @@ class HarnessServer(uvicorn.Server):
                     await self._stop_listening()
             self._close_listeners()
             self._abort_connections()
+            self.servers = []  # uvicorn's protocol factory in each holds this server: no cycle outlives the run
 
     async def _stop_listening(self) -> None:
         """Stop accepting, let the connections accepted just before reach uvicorn, then close the listeners.

@@ -25,7 +25,7 @@ from uvicorn_testserver._client.response import DEFAULT_TIMEOUT
 from uvicorn_testserver._core.engine import ServerCore
 from uvicorn_testserver._core.errors import ServerStateError
 from uvicorn_testserver._core.options import AsyncServerOptions, spelled_out
-from uvicorn_testserver._core.run import AnyRun, Launch
+from uvicorn_testserver._core.run import Launch, RunFactory
 from uvicorn_testserver._core.settings import AppType, Mode, ServerSettings, check_seconds
 from uvicorn_testserver._faces import bridge
 from uvicorn_testserver._faces.live import LiveServer, errors_noted_on
@@ -108,17 +108,8 @@ class AsyncTestServer(LiveServer):
             )
         settings = ServerSettings.build(app, mode=mode, options={**options, **uvicorn_lifespan})
         self.client_timeout = client_timeout
-        self._loop: asyncio.AbstractEventLoop | None = None  # the caller's, in loop mode
-        self._core = ServerCore(settings, self._new_run)
+        self._core = ServerCore(settings, _RUNS[settings.mode])
         self._client: AsyncTestClient | None = None
-
-    def _new_run(self, launch: Launch) -> AnyRun:
-        if self.mode == "thread":
-            return ThreadRun(launch)
-        if self.mode == "process":
-            return ProcessRun(launch)
-        assert self._loop is not None
-        return LoopRun(launch, self._loop)
 
     @property
     def app(self) -> Any:
@@ -176,13 +167,11 @@ class AsyncTestServer(LiveServer):
         start stops what was started before the cancellation propagates.
         """
         backend = sniffio.current_async_library()
-        if self.mode == "loop":
-            if backend != "asyncio":
-                raise RuntimeError(
-                    f"mode='loop' runs uvicorn on the test's asyncio event loop, and this test runs under {backend}. "
-                    "Use mode='thread' (the default) or mode='process', which work under any anyio backend."
-                )
-            self._loop = asyncio.get_running_loop()
+        if self.mode == "loop" and backend != "asyncio":
+            raise RuntimeError(
+                f"mode='loop' runs uvicorn on the test's asyncio event loop, and this test runs under {backend}. "
+                "Use mode='thread' (the default) or mode='process', which work under any anyio backend."
+            )
         if self.is_running:
             raise ServerStateError(f"{self!r} is already running at {self.base_url}; call stop() first.")
         await bridge.start(self._core)
@@ -239,3 +228,11 @@ def create_test_server(
     `AsyncTestServer` (``mode``, ``startup_timeout``, ``port``, uvicorn options, ...).
     """
     return AsyncTestServer(app, lifespan=lifespan, mode=mode, client_timeout=client_timeout, **options)
+
+
+def _loop_run(launch: Launch) -> LoopRun:
+    return LoopRun(launch, asyncio.get_running_loop())  # a loop-mode start is driven on the caller's loop
+
+
+# Not a method of the face: the core keeps its run factory, and a bound one would make a reference cycle.
+_RUNS: dict[str, RunFactory] = {"thread": ThreadRun, "process": ProcessRun, "loop": _loop_run}

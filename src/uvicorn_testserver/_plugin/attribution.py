@@ -347,6 +347,8 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report: pytest.TestReport = yield
     watch = item.stash.get(WATCH, None)
+    if watch is not None and call.when == "teardown":
+        del item.stash[WATCH]  # its last use: the session keeps no test's servers, with their logs
     if watch is None or not report.failed or call.excinfo is None:
         return report
     error = call.excinfo.value
