@@ -271,6 +271,30 @@ def test_a_start_does_not_wait_long_for_a_template_still_importing(tmp_path: Pat
     assert answer["warnings"] == []  # a slow template is no failure
 
 
+def test_concurrent_starts_each_wait_their_own_time_for_a_template_still_importing(tmp_path: Path) -> None:
+    # One after the other, the second would wait 2 s for its turn, then its own 2 s, and miss its deadline.
+    (tmp_path / "apps_slow_import.py").write_text("import time\ntime.sleep(8)\n")
+    answer = run_script(
+        """
+        import concurrent.futures, time
+
+        def start(_):
+            began = time.monotonic()
+            with ProcessServer("apps_process:app", startup_timeout=4) as server:  # waits 2 s for the template
+                return ppid(server), time.monotonic() - began
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            runs = list(pool.map(start, range(2)))
+        print(json.dumps({"pid": os.getpid(), "runs": runs}))
+        """,
+        env={PRELOAD_ENV: "apps_slow_import", "PYTHONPATH": str(tmp_path)},
+    )
+    runs = answer["runs"]
+    assert isinstance(runs, list)
+    assert [parent for parent, _ in runs] == [answer["pid"]] * 2  # both spawned, neither failed
+    assert all(took < 4 for _, took in runs), runs
+
+
 def test_a_template_killed_under_its_children_leaves_them_stoppable_then_spawn() -> None:
     answer = run_script(
         """

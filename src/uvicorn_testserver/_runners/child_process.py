@@ -199,6 +199,7 @@ class _Template:
         self._started_at = time.monotonic()
         self._conn = conn
         self._lock = threading.Lock()
+        self._waiting = threading.Lock()  # one start reads the template's answer; the others wait for it
 
     @classmethod
     def launch(cls, *, coverage: bool) -> _Template:
@@ -234,9 +235,20 @@ class _Template:
         `_TemplateGone` if it failed, exited, or is not ready `_TEMPLATE_START_LIMIT` after it started."""
         if self.ready:
             return True
-        limit = self._started_at + _TEMPLATE_START_LIMIT - time.monotonic()
+        deadline = time.monotonic() + timeout
+        if not self._waiting.acquire(timeout=max(0.0, timeout)):
+            return self.ready
         try:
-            answer = _receive(self._conn, max(0.0, min(timeout, limit)))
+            return self.ready or self._read_ready(deadline)
+        finally:
+            self._waiting.release()
+
+    def _read_ready(self, deadline: float) -> bool:
+        if self._conn.fileno() == -1:
+            raise _TemplateGone("it failed as it started")  # found by a start that waited before this one
+        limit = self._started_at + _TEMPLATE_START_LIMIT
+        try:
+            answer = _receive(self._conn, max(0.0, min(deadline, limit) - time.monotonic()))
         except OSError as exc:
             answer = {"failed": f"it could not be reached: {exc}"}
         if answer is None:
@@ -332,15 +344,19 @@ class _Templates:
         with self._lock:
             if self._failed:
                 return None
-            try:
-                if self._template is None:
+            if self._template is None:
+                try:
                     self._template = _Template.launch(coverage=coverage)
-                    atexit.register(self.close)
-                return self._template if self._template.wait_ready(timeout) else None
-            except _TemplateGone as exc:
-                self._template = None
-                self._give_up(str(exc), log)
-                return None
+                except _TemplateGone as exc:
+                    self._give_up(str(exc), log)
+                    return None
+                atexit.register(self.close)
+            template = self._template
+        try:  # not under the lock: concurrent starts each wait their own time, not one after the other's
+            return template if template.wait_ready(timeout) else None
+        except _TemplateGone as exc:
+            self.failed(template, str(exc), log)
+            return None
 
     def failed(self, template: _Template, reason: str, log: ServerLog) -> None:
         with self._lock:
