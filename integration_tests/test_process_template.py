@@ -224,6 +224,7 @@ def run_script(body: str, *, env: dict[str, str] | None = None, timeout: float =
     [
         ("no_such_module", r"importing 'no_such_module' from UVICORN_TESTSERVER_PRELOAD raised ModuleNotFoundError"),
         ("apps_starts_a_thread", r"runs 2 threads, and forking a process with threads is unsafe"),
+        ("apps_dies_at_import", r"exited with code 3 as it started; it printed: the preload gives up \| for good"),
     ],
 )
 def test_a_template_that_cannot_be_used_falls_back_to_spawn_with_one_warning(
@@ -231,6 +232,9 @@ def test_a_template_that_cannot_be_used_falls_back_to_spawn_with_one_warning(
 ) -> None:
     (tmp_path / "apps_starts_a_thread.py").write_text(
         "import threading, time\nthreading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+    )
+    (tmp_path / "apps_dies_at_import.py").write_text(
+        "import os, sys\nprint('the preload gives up\\nfor good', file=sys.stderr, flush=True)\nos._exit(3)\n"
     )
     answer = run_script(
         """

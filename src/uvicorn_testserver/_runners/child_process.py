@@ -47,6 +47,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import IO, Any, Literal, Protocol
@@ -84,6 +85,7 @@ _TEMPLATE_CLOSE_WAIT = 5.0
 _TEMPLATE_WAIT = 10.0
 # How long the template may take to import everything before it is given up (a loaded CI machine is slow).
 _TEMPLATE_START_LIMIT = 60.0
+_SAID_LINES = 3  # of what a template that died printed: a traceback's last lines say what it was
 _MESSAGE_SIZE = 65536
 
 
@@ -191,8 +193,11 @@ class _TemplateGone(Exception):
 class _Template:
     """The test process's side of the template process: start it, ask it to fork, close it."""
 
-    def __init__(self, process: subprocess.Popen[bytes], conn: socket.socket, preloaded: list[str]) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], conn: socket.socket, output: IO[bytes], preloaded: list[str]
+    ) -> None:
         self.process = process
+        self._output = output  # what the template itself printed (a crash's traceback), for the warning
         self.startup_env = _startup_variables(os.environ)
         self.preloaded = preloaded
         self.ready = False
@@ -207,21 +212,23 @@ class _Template:
         preload = [] if coverage else _preload_list()  # while measuring, the app's modules are imported in the child
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         command = [sys.executable, "-m", "uvicorn_testserver._runners.template", "--fd", str(theirs.fileno())]
+        output = tempfile.TemporaryFile()  # noqa: SIM115 - the template's lifetime; a file: nobody drains it
         try:
             process = subprocess.Popen(
                 command,
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # never a target of the terminal's Ctrl-C
             )
         except OSError as exc:
             ours.close()
+            output.close()
             raise _TemplateGone(f"it could not be started: {exc}") from exc
         finally:
             theirs.close()
-        template = cls(process, ours, preload)
+        template = cls(process, ours, output, preload)
         hello = {"sys_path": [os.path.abspath(entry) for entry in sys.path], "preload": preload, "coverage": coverage}
         try:
             ours.sendall(json.dumps(hello).encode())
@@ -256,7 +263,7 @@ class _Template:
             if code is None and time.monotonic() - self._started_at < _TEMPLATE_START_LIMIT:
                 return False
             late = f"it was not ready {_TEMPLATE_START_LIMIT:.0f}s after it started"
-            answer = {"failed": late if code is None else f"it exited with code {code} as it started"}
+            answer = {"failed": late if code is None else f"it exited with code {code} as it started{self._said()}"}
         if "ready" not in answer:
             self.close()
             raise _TemplateGone(str(answer.get("failed", answer)))
@@ -306,11 +313,20 @@ class _Template:
         with self._lock:
             code = self.process.poll()
             if code is not None:
-                raise _TemplateGone(f"it has exited (code {code})")
+                raise _TemplateGone(f"it has exited (code {code}){self._said()}")
             try:
                 socket.send_fds(self._conn, [b"fork"], fds)
             except OSError as exc:
                 raise _TemplateGone(f"it could not be reached: {exc}") from exc
+
+    def _said(self) -> str:
+        """The last lines the template printed, as the end of a reason (``"; it printed: ..."``), or ''."""
+        try:
+            self._output.seek(0)
+            lines = self._output.read().decode(errors="replace").strip().splitlines()[-_SAID_LINES:]
+        except (OSError, ValueError):  # closed
+            return ""
+        return "; it printed: " + " | ".join(line.strip() for line in lines) if lines else ""
 
     def close(self) -> None:
         """End the template (it exits at end-of-file) and reap it. Idempotent."""
@@ -323,10 +339,12 @@ class _Template:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._output.close()
 
     def forget(self) -> None:
         """In a forked copy of the test process: let go of the channel, which is the original's."""
         self._conn.close()
+        self._output.close()
         self.process.returncode = 0  # not this process's child: nothing to wait for, nothing to warn about
 
 
