@@ -7,6 +7,7 @@ awaited on the caller's own event loop (loop mode).
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import socket
 from collections.abc import Callable
@@ -27,6 +28,7 @@ __all__ = [
     "Run",
     "RunFactory",
     "done_within",
+    "on_loop",
 ]
 
 #: Extra time a run gets past shutdown_timeout to finish lifespan shutdown before its exit is forced.
@@ -128,6 +130,11 @@ class InLoopRun(Run, Protocol):
 
 AnyRun = BlockingRun | InLoopRun
 RunFactory = Callable[[Launch], AnyRun]
+
+
+def on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether the caller runs on `loop` (loop mode, or the server's own thread), where it can act directly."""
+    return asyncio._get_running_loop() is loop
 
 
 def done_within(future: concurrent.futures.Future[Any], timeout: float) -> bool:

@@ -69,13 +69,9 @@ except ImportError as exc:  # a release outside the supported range: say which, 
 from uvicorn_testserver._core.app_errors import AppErrorRecorder, AppErrorSink, InFlight
 from uvicorn_testserver._core.logs import current_log, harness_logger
 from uvicorn_testserver._core.protocols import closed_tls, with_access_log
+from uvicorn_testserver._core.run import on_loop
 
 __all__ = ["HarnessServer", "StartupFailed", "import_serving_modules", "loop_factory", "make_config"]
-
-
-def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
-    """Whether the caller runs on `loop` (loop mode), where the server's loop can be acted on directly."""
-    return asyncio._get_running_loop() is loop
 
 
 def make_config(app: Any, *, shutdown_timeout: float, options: dict[str, Any]) -> uvicorn.Config:
@@ -139,7 +135,7 @@ class HarnessServer(uvicorn.Server):
         if not value:
             return
         if self._loop is not None and self._exit_event is not None:
-            if _on_loop(self._loop):
+            if on_loop(self._loop):
                 self._exit_event.set()
             else:
                 with contextlib.suppress(RuntimeError):  # the loop is already closed: nothing to wake
@@ -163,7 +159,7 @@ class HarnessServer(uvicorn.Server):
         if loop is None or loop.is_closed():
             self.handle_exit(sig, None)  # not serving yet (or any more): nothing runs on a loop
             return
-        if _on_loop(loop):  # loop mode: already where handle_exit runs
+        if on_loop(loop):  # loop mode: already where handle_exit runs
             self._exit_once(sig)
             return
         with contextlib.suppress(RuntimeError):  # closed meanwhile

@@ -8,14 +8,13 @@ import concurrent.futures
 import contextlib
 import signal
 import socket
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from uvicorn_testserver._core.app_errors import InFlight
 from uvicorn_testserver._core.logs import ServerLog, capture_into
-from uvicorn_testserver._core.run import Launch
+from uvicorn_testserver._core.run import Launch, on_loop
 from uvicorn_testserver._core.uvicorn_internals import HarnessServer, StartupFailed, make_config
 
 __all__ = ["Serving", "ServingRun"]
@@ -41,12 +40,11 @@ class Serving:
     stop_signal: int = signal.SIGTERM
     loop: asyncio.AbstractEventLoop | None = None
     task: asyncio.Task[Any] | None = None
-    thread_id: int | None = None
     cancelled: bool = False
 
     async def main(self) -> None:
         """The task's body: serve until asked to stop. Reports a start that failed through `ready`."""
-        self.loop, self.task, self.thread_id = asyncio.get_running_loop(), asyncio.current_task(), threading.get_ident()
+        self.loop, self.task = asyncio.get_running_loop(), asyncio.current_task()
         if self.cancelled:  # the start was abandoned before this loop ran
             if not self.ready.done():
                 self.ready.set_exception(StartupFailed("the start was abandoned before the server's loop ran"))
@@ -69,7 +67,7 @@ class Serving:
             self.cancelled = True  # a task that has not run yet refuses to serve
         loop, task = self.loop, self.task
         if loop is not None and task is not None:
-            if self.thread_id == threading.get_ident():  # loop mode: on the server's loop already
+            if on_loop(loop):  # loop mode: on the server's loop already
                 self._cancel_task(task, only_while_starting)
                 return
             with contextlib.suppress(RuntimeError):  # the loop is already closed
@@ -91,7 +89,7 @@ class Serving:
         """`read()` on the loop once it finished the step it is in (at once on its own thread, or when it
         does not run); `fallback` if it has just closed or stays blocked for `timeout` seconds."""
         loop = self.loop
-        if loop is None or self.thread_id == threading.get_ident() or not loop.is_running():
+        if loop is None or on_loop(loop) or not loop.is_running():
             return read()
         answer: concurrent.futures.Future[_T] = concurrent.futures.Future()
         try:
