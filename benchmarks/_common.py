@@ -9,6 +9,7 @@ import platform
 import socket
 import statistics
 import subprocess
+import tarfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +20,20 @@ from typing import IO, Any
 import uvicorn
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = RESULTS.parent.parent
+
+
+def export_src(revision: str, into: Path) -> Path:
+    """Another git revision's ``src/``, exported into `into` (no checkout is touched); its path."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", revision, "src"], check=True, capture_output=True
+    ).stdout
+    into.mkdir(parents=True, exist_ok=True)
+    tar_path = into / "src.tar"
+    tar_path.write_bytes(archive)
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(into, filter="data")
+    return into / "src"
 
 
 def free_port() -> int:

@@ -19,14 +19,12 @@ import functools
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import Worker, loop_mode_cycles, print_table, sample, write_json
+from _common import Worker, export_src, loop_mode_cycles, print_table, sample, write_json
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -55,18 +53,6 @@ def _cycle(server_class: type[Any], mode: str) -> None:
 def version_worker(src: Path) -> Worker:
     """A worker that imports the library from `src`."""
     return Worker([sys.executable, __file__, "--worker"], {"PYTHONPATH": os.pathsep.join([str(src), str(HERE)])})
-
-
-def export_src(revision: str, into: Path) -> Path:
-    """The other revision's ``src/``, exported with git (no checkout is touched)."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", revision, "src"], check=True, capture_output=True
-    ).stdout
-    tar_path = into / "src.tar"
-    tar_path.write_bytes(archive)
-    with tarfile.open(tar_path) as tar:
-        tar.extractall(into, filter="data")
-    return into / "src"
 
 
 def main() -> None:
