@@ -7,6 +7,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 
 def test_running_server_is_stopped_at_interpreter_exit(tmp_path: Path) -> None:
     marker = tmp_path / "shutdown-ran"
@@ -30,6 +32,48 @@ def test_running_server_is_stopped_at_interpreter_exit(tmp_path: Path) -> None:
         )
     )
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "404"
+    assert marker.read_text() == "stopped"
+
+
+@pytest.mark.parametrize("mode", ["thread", "process"])
+def test_a_running_server_nobody_holds_is_stopped_at_interpreter_exit(mode: str, tmp_path: Path) -> None:
+    marker = tmp_path / "shutdown-ran"
+    (tmp_path / "forgotten_app.py").write_text(
+        textwrap.dedent(
+            f"""
+            import contextlib, pathlib
+            from starlette.applications import Starlette
+
+            @contextlib.asynccontextmanager
+            async def lifespan(app):
+                yield
+                pathlib.Path({str(marker)!r}).write_text("stopped")
+
+            app = Starlette(lifespan=lifespan)
+            """
+        )
+    )
+    script = tmp_path / "forgetful.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import gc, requests
+            from uvicorn_testserver import UvicornTestServer
+
+            def start_and_forget():
+                server = UvicornTestServer("forgotten_app:app", mode={mode!r}, ssl=True).start()
+                print(requests.get(server.url("/nothing"), verify=str(server.ca_path), timeout=30).status_code)
+
+            start_and_forget()  # no reference is left, and no stop(): the server serves on until exit
+            gc.collect()
+            """
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "404"
     assert marker.read_text() == "stopped"

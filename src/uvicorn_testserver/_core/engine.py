@@ -413,8 +413,9 @@ class ServerCore:
                 cleanup.close()
 
 
-# Servers still running (or bound) at interpreter exit are stopped, so their threads and children end.
-_live: weakref.WeakSet[ServerCore] = weakref.WeakSet()
+# Servers still running at interpreter exit are stopped, so their threads and children end. Held strongly:
+# a server dropped without stop() still serves in its thread until then.
+_live: set[ServerCore] = set()
 
 
 @atexit.register
