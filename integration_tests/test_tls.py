@@ -222,6 +222,13 @@ def test_a_missing_own_key_file_fails_the_start(own_certificate: tuple[Path, Pat
         server.start()
 
 
+def test_an_own_context_factory_that_is_no_callable_fails_the_start_in_the_child() -> None:
+    # Only ssl=True's own factory is resolved from its import string; a user's string reaches uvicorn as given.
+    server = UvicornTestServer("apps:hello_app", mode="process", ssl_context_factory="no_such_module:factory")  # type: ignore[arg-type]
+    with pytest.raises(ServerStartupError, match=r"cannot set up TLS: TypeError"):
+        server.start()
+
+
 # -- misuse ----------------------------------------------------------------------------------
 
 

@@ -122,11 +122,11 @@ def serve(channel: Channel, listener: socket.socket, config: dict[str, Any]) -> 
     root = logging.getLogger()
     root.addHandler(ForwardHandler(channel))
     root.setLevel(LEVELS[config["log_level"]])
-    options = config["options"]
-    if isinstance(factory := options.get("ssl_context_factory"), str):  # sent by its import string
-        module, _, name = factory.partition(":")
-        options["ssl_context_factory"] = getattr(importlib.import_module(module), name)
+    options = dict(config["options"])
     try:
+        if config.get("ssl_context_factory"):  # ssl=True's own, by its import string
+            module, _, name = config["ssl_context_factory"].partition(":")
+            options["ssl_context_factory"] = getattr(importlib.import_module(module), name)
         settings = ServerSettings.build(
             config["app"],
             options={
@@ -140,7 +140,7 @@ def serve(channel: Channel, listener: socket.socket, config: dict[str, Any]) -> 
                 "stop_signal": config["stop_signal"],
             },
         )
-    except (TypeError, ValueError, ImportError) as exc:
+    except (TypeError, ValueError, ImportError, AttributeError) as exc:
         return fail(channel, f"cannot configure uvicorn: {exc!r}", exc)
     main_thread: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
     stop_wanted = threading.Event()

@@ -149,10 +149,14 @@ class ProcessRun:
             # The child serves the socket now; the parent's copy must not hold clients in its queue after it exits.
             self._child_end.close()
             listener.close()
+        options = dict(self._launch.options)
+        # A callable can only be ssl=True's own context factory (the settings let only JSON values through).
+        factory = options.pop("ssl_context_factory") if callable(options.get("ssl_context_factory")) else None
         config = {
             "app": settings.app,
             "host": settings.host,
-            "options": self._launch.options,
+            "options": options,
+            "ssl_context_factory": _import_string(factory) if factory is not None else None,
             "startup_timeout": settings.startup_timeout,
             "shutdown_timeout": settings.shutdown_timeout,
             "log_level": settings.log_level,
@@ -161,7 +165,7 @@ class ProcessRun:
             "coverage": self._coverage.request() if self._coverage is not None else None,
             "start": start,  # a forked child's environment and working directory
         }
-        self._send(json.dumps(config, default=_import_string))
+        self._send(json.dumps(config))
         name = f"uvicorn-testserver child {self.process.pid}"
         assert self.process.stdout is not None
         self._threads = [
@@ -403,12 +407,9 @@ class ProcessRun:
         return self._output.text()
 
 
-def _import_string(value: object) -> str:
-    """A module-level function as ``"module:name"`` for the child's JSON (``ssl=True``'s context factory).
-
-    The settings let only JSON values through in process mode; this is for what the harness adds itself.
-    """
-    module, name = getattr(value, "__module__", None), getattr(value, "__qualname__", "")
-    if not callable(value) or module is None or not name.isidentifier():
-        raise TypeError(f"{value!r} cannot be sent to the child process")
+def _import_string(function: object) -> str:
+    """A module-level function as ``"module:name"``, for the child's JSON."""
+    module, name = getattr(function, "__module__", None), getattr(function, "__qualname__", "")
+    if module is None or not name.isidentifier():
+        raise TypeError(f"{function!r} cannot be sent to the child process")
     return f"{module}:{name}"
