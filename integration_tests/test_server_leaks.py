@@ -130,7 +130,7 @@ def test_a_stopped_server_is_freed_once_dropped(mode: str) -> None:
     server = UvicornTestServer("apps:hello_app", mode=mode)  # type: ignore[arg-type]
     with server:
         assert requests.get(server.url("/"), timeout=30).text == "hello"
-    dropped = [weakref.ref(server), weakref.ref(server.log)]
+    dropped: list[weakref.ref[object]] = [weakref.ref(server), weakref.ref(server.log)]
     del server
     assert [ref() for ref in dropped] == [None, None]
 
@@ -143,6 +143,6 @@ async def test_a_stopped_async_server_is_freed_once_dropped(mode: str) -> None:
     async with server:
         url = server.url("/")
         assert await asyncio.to_thread(lambda: requests.get(url, timeout=30).text) == "hello"
-    dropped = [weakref.ref(server), weakref.ref(server.log)]
+    dropped: list[weakref.ref[object]] = [weakref.ref(server), weakref.ref(server.log)]
     del server
     assert [ref() for ref in dropped] == [None, None]

@@ -249,6 +249,7 @@ class HarnessServer(uvicorn.Server):
         """After a start was abandoned mid-way: close what listens, and end the app's lifespan cleanly. A
         startup that completed gets its shutdown; one still running is cancelled, so no task is left pending."""
         self._close_listeners()
+        self.servers = []  # as at the end of a run: uvicorn's protocol factory in each holds this server
         # Cancelled inside `loop.create_server`, the listener already serves but uvicorn never got the server
         # object: the loop would keep watching the socket's descriptor, which a later socket may reuse.
         with contextlib.suppress(ValueError, OSError):  # closed already

@@ -85,6 +85,7 @@ _TEMPLATE_CLOSE_WAIT = 5.0
 _TEMPLATE_WAIT = 10.0
 # How long the template may take to import everything before it is given up (a loaded CI machine is slow).
 _TEMPLATE_START_LIMIT = 60.0
+_EXIT_AFTER_EOF = 1.0  # a template that closed its end exits within this
 _SAID_LINES = 3  # of what a template that died printed: a traceback's last lines say what it was
 _MESSAGE_SIZE = 65536
 
@@ -205,6 +206,7 @@ class _Template:
         self._conn = conn
         self._lock = threading.Lock()
         self._waiting = threading.Lock()  # one start reads the template's answer; the others wait for it
+        self._failure = ""  # why it could not be used, for the starts that waited meanwhile
 
     @classmethod
     def launch(cls, *, coverage: bool) -> _Template:
@@ -251,22 +253,28 @@ class _Template:
             self._waiting.release()
 
     def _read_ready(self, deadline: float) -> bool:
-        if self._conn.fileno() == -1:
-            raise _TemplateGone("it failed as it started")  # found by a start that waited before this one
+        if self._failure:  # found by a start that waited before this one
+            raise _TemplateGone(self._failure)
         limit = self._started_at + _TEMPLATE_START_LIMIT
         try:
             answer = _receive(self._conn, max(0.0, min(deadline, limit) - time.monotonic()))
-        except OSError as exc:
+        except EOFError:  # it is exiting: its exit code comes a moment later
+            try:
+                code: int | None = self.process.wait(_EXIT_AFTER_EOF)
+            except subprocess.TimeoutExpired:
+                code = None
+            ended = "closed its end" if code is None else f"exited with code {code}"
+            answer = {"failed": f"it {ended} as it started{self._said()}"}
+        except (OSError, ValueError) as exc:  # ValueError: closed here meanwhile (at interpreter exit)
             answer = {"failed": f"it could not be reached: {exc}"}
         if answer is None:
-            code = self.process.poll()
-            if code is None and time.monotonic() - self._started_at < _TEMPLATE_START_LIMIT:
+            if self.process.poll() is None and time.monotonic() - self._started_at < _TEMPLATE_START_LIMIT:
                 return False
-            late = f"it was not ready {_TEMPLATE_START_LIMIT:.0f}s after it started"
-            answer = {"failed": late if code is None else f"it exited with code {code} as it started{self._said()}"}
+            answer = {"failed": f"it was not ready {_TEMPLATE_START_LIMIT:.0f}s after it started"}
         if "ready" not in answer:
+            self._failure = str(answer.get("failed", answer))
             self.close()
-            raise _TemplateGone(str(answer.get("failed", answer)))
+            raise _TemplateGone(self._failure)
         self.ready = True
         return True
 
@@ -497,11 +505,11 @@ def _preload_list() -> list[str]:
 
 
 def _receive(sock: socket.socket, timeout: float) -> dict[str, Any] | None:
-    """One JSON message from `sock` within `timeout`, or None (nothing came, or it closed)."""
+    """One JSON message from `sock` within `timeout`, or None if nothing came; raise `EOFError` if it closed."""
     if not readable(sock, timeout):
         return None
     message = sock.recv(_MESSAGE_SIZE)
     if not message:
-        return None
+        raise EOFError
     answer: dict[str, Any] = json.loads(message)
     return answer
