@@ -24,10 +24,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _common import Worker, export_src, loop_mode_cycles, print_table, sample, write_json
+from _common import ROOT, Worker, export_src, loop_mode_cycles, print_table, sample, write_json
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 APP = "bench_versions_app:app"
 BATCH = {"thread": 40, "loop": 40, "process": 2}
 
